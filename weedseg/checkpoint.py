@@ -1,0 +1,71 @@
+"""Self-describing checkpoints: weights plus everything needed to rebuild and use the model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import WeedsegError, __version__
+from .models import create_model
+
+FORMAT = "weedseg.checkpoint/1"
+
+
+def model_metadata(
+    model_name: str,
+    num_classes: int,
+    classes: list[str],
+    colors: list[list[int]],
+    mean: list[float],
+    std: list[float],
+) -> dict[str, Any]:
+    """The description stored with every checkpoint (and later in ONNX metadata)."""
+    return {
+        "model": {"name": model_name, "num_classes": num_classes},
+        "classes": list(classes),
+        "colors": [list(map(int, c)) for c in colors],
+        "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write with torch.save to a temporary file, then rename, so a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], **extra: Any) -> None:
+    """Save `model` weights with its metadata; `extra` adds entries such as metrics or train state."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": FORMAT, "weedseg_version": __version__, **meta, "state_dict": state, **extra}, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a weedseg checkpoint safely (weights_only=True) and check that it is one."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeedsegError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, not a torch file, or unsafe content
+        raise WeedsegError(f"{path} is not a readable weedseg checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise WeedsegError(f"{path} is not a weedseg checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (in eval mode)."""
+    spec = ckpt["model"]
+    model = create_model(spec["name"], spec["num_classes"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+

@@ -1,0 +1,108 @@
+"""The `weedseg` command line: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from . import WeedsegError, __version__
+from .data import DATASETS, SPLITS
+from .losses import LOSSES
+from .models import MODELS
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from .train import PRESETS, TrainConfig
+
+    defaults = TrainConfig()
+    p = sub.add_parser("train", help="train a segmentation model on a labelled dataset",
+                       description="Train a crop/weed segmentation model. A --budget preset sets the model and "
+                                   "schedule; any flag given overrides it. Ctrl-C keeps every finished epoch: "
+                                   "continue with --resume.")
+    p.add_argument("--dataset", choices=DATASETS, default="peanut")
+    p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, field_data/, ../shared/field_data/)")
+    p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
+                   help="cpu: compact model, about 10 min on 2 cores; paper: ResNet-34 U-Net, 500 epochs (GPU)")
+    p.add_argument("--out", help="run folder for checkpoints and logs (default: runs/<dataset>-<budget>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    p.add_argument("--model", choices=list(MODELS))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop", type=int, help=f"training crop size in pixels (default {defaults.crop})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--loss", choices=LOSSES, help=f"default {defaults.loss}")
+    p.add_argument("--class-weights", help="none, auto (1/sqrt of class frequency) or numbers, e.g. 1,2,4")
+    p.add_argument("--eval-short-side", type=int, help=f"validation resolution (default {defaults.eval_short_side})")
+    p.add_argument("--eval-every", type=int, help="validate every N epochs (default 1)")
+    p.add_argument("--train-fraction", type=float, help="use only this fraction of the training split (low-data runs)")
+    p.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
+    p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import PRESETS, TrainConfig, train
+
+    values = {**PRESETS[args.budget], "out": args.out or f"runs/{args.dataset}-{args.budget}"}
+    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                   if getattr(args, f.name, None) is not None and f.name != "out"})
+    train(TrainConfig(**values), resume=args.resume)
+    return 0
+
+
+def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint on a dataset split (mIoU, per-class IoU, confusion)",
+                       description="Evaluate a checkpoint over a whole split; prints the metrics and writes them as JSON.")
+    p.add_argument("checkpoint", help="a .pt file written by `weedseg train`")
+    p.add_argument("--dataset", choices=DATASETS, default="peanut")
+    p.add_argument("--data-root")
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--short-side", type=int, default=256, help="input resolution: resize the short side to this (0: full size)")
+    p.add_argument("--full-res", action="store_true", help="score at the original mask resolution (logits upsampled)")
+    p.add_argument("--out", help="JSON file for the metrics (default: <checkpoint>.<dataset>-<split>.json)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+    from .metrics import format_summary
+
+    summary = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_root,
+                                  args.short_side, args.full_res, args.device)
+    print(f"{args.dataset} {args.split}: {summary['images']} images, scored at {summary['scored_at']}")
+    print(format_summary(summary))
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.{args.dataset}-{args.split}.json")
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"metrics written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weedseg", description="Crop / weed / soil segmentation for field images.")
+    parser.add_argument("--version", action="version", version=f"weedseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `weedseg` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WeedsegError as exc:
+        print(f"weedseg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Torch dataset over labelled samples, with an in-memory cache and seeded, resumable sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from .io import check_same_size, read_rgb
+from .layouts import Layout, Sample
+from .transforms import normalize
+
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+CACHE_LIMIT_BYTES = 4 << 30  # decoded images kept in memory when they fit in this
+
+
+class SegmentationDataset(Dataset):
+    """Yields (normalised image tensor, class-index mask tensor) for a list of samples.
+
+    Indices may be plain ints or (index, seed) pairs from `SeededSampler`; the seed drives the
+    augmentation, so a run is repeatable whatever the number of loader workers.
+    """
+
+    def __init__(self, layout: Layout, samples: list[Sample], transform: Transform,
+                 mean: list[float], std: list[float]) -> None:
+        self.layout, self.samples, self.transform = layout, samples, transform
+        self.mean, self.std = mean, std
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded (image, mask) of sample `index`, checked to match in size."""
+        if index in self._cache:
+            return self._cache[index]
+        sample = self.samples[index]
+        image = read_rgb(sample.image)
+        mask = self.layout.decode_mask(sample.mask)
+        check_same_size(image, mask, sample.image, sample.mask)
+        return image, mask
+
+    def preload(self, desc: str = "loading images") -> None:
+        """Decode every sample once into memory if the split fits in CACHE_LIMIT_BYTES."""
+        first = self.load(0)[0]
+        if first.nbytes * 4 / 3 * len(self) > CACHE_LIMIT_BYTES:
+            return
+        for i in tqdm(range(len(self)), desc=desc, unit="img", leave=False):
+            self._cache[i] = self.load(i)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item if isinstance(item, tuple) else (item, 0)
+        image, mask = self.load(index)
+        image, mask = self.transform(image, mask, np.random.default_rng(seed))
+        return normalize(image, self.mean, self.std), torch.from_numpy(mask.astype(np.int64))
+
+
+class SeededSampler(Sampler):
+    """Shuffles every epoch and attaches an augmentation seed to each index.
+
+    Order and seeds depend only on (seed, epoch), so a resumed run sees exactly the batches an
+    uninterrupted one would, and runs with the same seed share data order and augmentation.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=g).tolist()
+        return iter(zip(order, seeds))
+
+
+def channel_stats(dataset: SegmentationDataset, max_images: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1] units) over up to `max_images` evenly spaced images."""
+    step = max(1, len(dataset) // max_images)
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    for i in range(0, len(dataset), step):
+        px = dataset.load(i)[0].reshape(-1, 3).astype(np.float64) / 255.0
+        total += px.sum(0)
+        total_sq += (px**2).sum(0)
+        count += len(px)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return mean.round(4).tolist(), std.round(4).tolist()

@@ -1,0 +1,101 @@
+"""Augmentation and resizing on uint8 numpy arrays (image HxWx3 RGB, mask HxW class indices)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+
+def random_resized_crop(
+    image: np.ndarray, mask: np.ndarray, size: int, scale: tuple[float, float],
+    ratio: tuple[float, float], rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop a random area fraction in `scale` with aspect ratio in `ratio`, resize to size x size."""
+    h, w = mask.shape
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            break
+    else:  # fall back to the largest centred crop
+        cw, ch = min(w, h), min(w, h)
+    y0 = int(rng.integers(0, h - ch + 1))
+    x0 = int(rng.integers(0, w - cw + 1))
+    image = image[y0 : y0 + ch, x0 : x0 + cw]
+    mask = mask[y0 : y0 + ch, x0 : x0 + cw]
+    interp = cv2.INTER_AREA if cw > size else cv2.INTER_LINEAR
+    return (cv2.resize(image, (size, size), interpolation=interp),
+            cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float, hue: float) -> np.ndarray:
+    """Random brightness, contrast, saturation (each by up to +-strength) and hue (+-hue turns)."""
+    img = image.astype(np.float32)
+    img *= rng.uniform(1 - strength, 1 + strength)  # brightness
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    img = (img - grey.mean()) * rng.uniform(1 - strength, 1 + strength) + grey.mean()  # contrast
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    img = (img - grey[..., None]) * rng.uniform(1 - strength, 1 + strength) + grey[..., None]  # saturation
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    if hue > 0:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        shift = int(round(rng.uniform(-hue, hue) * 180))
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 180).astype(np.uint8)
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return img
+
+
+def resize_short_side(image: np.ndarray, short_side: int, nearest: bool = False) -> np.ndarray:
+    """Resize so the shorter side is `short_side` pixels (0 keeps the full resolution)."""
+    h, w = image.shape[:2]
+    if short_side <= 0 or min(h, w) == short_side:
+        return image
+    s = short_side / min(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    return cv2.resize(image, size, interpolation=interp)
+
+
+@dataclass
+class TrainAugment:
+    """Random resized crop, horizontal flip and colour jitter (the paper's fine-tuning recipe)."""
+
+    size: int = 256
+    scale: tuple[float, float] = (0.25, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    jitter: float = 0.3
+    hue: float = 0.02
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = random_resized_crop(image, mask, self.size, self.scale, self.ratio, rng)
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        image = color_jitter(np.ascontiguousarray(image), rng, self.jitter, self.hue)
+        return image, np.ascontiguousarray(mask)
+
+
+@dataclass
+class EvalResize:
+    """Resize image and mask to the evaluation short side; `full_res_mask` keeps the mask at full size."""
+
+    short_side: int = 256
+    full_res_mask: bool = False
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        image = resize_short_side(image, self.short_side)
+        if not self.full_res_mask:
+            mask = resize_short_side(mask, self.short_side, nearest=True)
+        return image, mask
+
+
+def normalize(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """HxWx3 uint8 -> 3xHxW float tensor, scaled to [0, 1] then standardised per channel."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - m) / s

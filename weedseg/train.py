@@ -1,0 +1,206 @@
+"""Supervised training of a segmentation model: one loop, plain config values, resumable.
+
+Every epoch appends a line to <out>/metrics.jsonl and rewrites <out>/last.pt (model, optimiser,
+schedule, best score); <out>/best.pt holds the weights with the best validation mIoU.
+`train(cfg, resume=True)` continues from last.pt with the exact data order of an unbroken run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import WeedsegError
+from .checkpoint import load_checkpoint, model_metadata, save_checkpoint
+from .data import EvalResize, SeededSampler, SegmentationDataset, TrainAugment, channel_stats, open_dataset
+from .evaluate import evaluate_model, resolve_device
+from .losses import build_loss, inverse_sqrt_frequency_weights
+from .models import count_parameters, create_model
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Presets in PRESETS fill these; flags override them."""
+
+    dataset: str = "peanut"
+    data_root: str | None = None
+    out: str = "runs/peanut"
+    model: str = "unet-resnet18-quarter"
+    epochs: int = 80
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 3e-3
+    warmup_epochs: int = 10
+    min_lr_ratio: float = 0.01  # warm-up starts at, and cosine decays to, lr * min_lr_ratio
+    loss: str = "jaccard"
+    class_weights: str = "none"  # none | auto (1/sqrt(frequency)) | comma-separated numbers
+    eval_short_side: int = 256
+    eval_every: int = 1
+    train_fraction: float = 1.0
+    seed: int = 0
+    workers: int = -1  # -1: automatic
+    device: str = "auto"
+    amp: bool = True  # mixed precision, CUDA only
+
+
+PRESETS: dict[str, dict] = {
+    # about 10 minutes on 2 CPU cores (see docs/baseline.md)
+    "cpu": {"model": "unet-resnet18-quarter", "epochs": 80, "batch_size": 8, "warmup_epochs": 10},
+    # the paper's fine-tuning budget, for a GPU
+    "paper": {"model": "unet-resnet34", "epochs": 500, "batch_size": 8, "warmup_epochs": 10},
+}
+
+
+def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
+    """LR multiplier: linear from `floor` to 1 over `warmup` steps, then cosine from 1 down to `floor`."""
+    if step < warmup:
+        return floor + (1 - floor) * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def auto_workers() -> int:
+    """Loader worker processes: none on a 2-core machine (augmentation is cheap), else up to 8."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(8, cpus // 2)
+
+
+def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: int) -> torch.Tensor | None:
+    """Class weights from a config string (see TrainConfig.class_weights)."""
+    if spec == "none":
+        return None
+    if spec == "auto":
+        counts = torch.zeros(num_classes, dtype=torch.float64)
+        for i in range(len(dataset)):
+            counts += torch.bincount(torch.from_numpy(dataset.load(i)[1]).flatten().long(), minlength=num_classes)
+        return inverse_sqrt_frequency_weights(counts)
+    try:
+        weights = [float(v) for v in spec.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != num_classes:
+        raise WeedsegError(f"--class-weights needs 'none', 'auto' or {num_classes} comma-separated numbers, got {spec!r}")
+    return torch.tensor(weights)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train per `cfg` (or continue the run in cfg.out when `resume`); returns the best validation metrics."""
+    out = Path(cfg.out)
+    last_path, log_path = out / "last.pt", out / "metrics.jsonl"
+    state = None
+    if resume:
+        state = load_checkpoint(last_path)
+        cfg = TrainConfig(**{**state["train_state"]["config"], "out": cfg.out})
+    elif last_path.exists():
+        raise WeedsegError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+    device = resolve_device(cfg.device)
+    data = open_dataset(cfg.dataset, cfg.data_root, cfg.train_fraction)
+    num_classes = len(data.classes)
+    train_ds = SegmentationDataset(data.layout, data.splits["train"], TrainAugment(cfg.crop), [0.0] * 3, [1.0] * 3)
+    train_ds.preload("loading train images")
+    if state is None:
+        mean, std = channel_stats(train_ds)
+    else:
+        mean, std = state["normalization"]["mean"], state["normalization"]["std"]
+    train_ds.mean, train_ds.std = mean, std
+    val_ds = SegmentationDataset(data.layout, data.splits["val"], EvalResize(cfg.eval_short_side), mean, std)
+    val_ds.preload("loading val images")
+
+    sampler = SeededSampler(len(train_ds), cfg.seed)
+    workers = auto_workers() if cfg.workers < 0 else cfg.workers
+    loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=len(train_ds) >= cfg.batch_size,
+                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes).to(device)
+    meta = model_metadata(cfg.model, num_classes, data.classes, data.colors, mean, std)
+    weights = parse_class_weights(cfg.class_weights, train_ds, num_classes)
+    criterion = build_loss(cfg.loss, None if weights is None else weights.to(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, cfg.epochs * steps, cfg.warmup_epochs * steps, cfg.min_lr_ratio)
+    )
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, best = 0, {"miou": -1.0}
+    if state is None:
+        out.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    else:
+        model.load_state_dict(state["state_dict"])
+        ts = state["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        scaler.load_state_dict(ts["scaler"])
+        start_epoch, best = ts["epoch"] + 1, ts["best"]
+        _truncate_log(log_path, ts["epoch"])
+        print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
+
+    print(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M parameters) on {cfg.dataset}: "
+          f"{len(train_ds)} train / {len(val_ds)} val images, {cfg.epochs} epochs, batch {cfg.batch_size}, "
+          f"device {device}{' with mixed precision' if use_amp else ''}")
+    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="epochs", unit="epoch")
+    try:
+        for epoch in bar:
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout stream depends only on (seed, epoch)
+            sampler.set_epoch(epoch)
+            model.train()
+            t0, total_loss = time.perf_counter(), 0.0
+            for images, masks in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False):
+                images = images.to(device, non_blocking=True)
+                masks = masks.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss = criterion(model(images), masks)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                total_loss += loss.item()
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "train_loss": total_loss / max(1, steps),
+                      "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
+                      "images_per_s": round(steps * cfg.batch_size / seconds, 2)}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                val = evaluate_model(model, val_ds, num_classes, device).summary(data.classes)
+                record.update(val_miou=val["miou"], val_iou=val["iou"])
+                if val["miou"] > best["miou"]:
+                    best = {"epoch": epoch + 1, "miou": val["miou"], "iou": val["iou"]}
+                    save_checkpoint(out / "best.pt", model, meta, metrics={"val": val, "epoch": epoch + 1},
+                                    config=asdict(cfg))
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "config": asdict(cfg)}
+            save_checkpoint(last_path, model, meta, train_state=train_state)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_miou=f"{record.get('val_miou', float('nan')):.3f}",
+                            best=f"{best['miou']:.3f}")
+    except KeyboardInterrupt:
+        bar.close()
+        raise WeedsegError(f"interrupted; completed epochs are saved in {last_path}. "
+                           f"Continue with: weedseg train --resume --out {out}") from None
+    bar.close()
+    print(f"best validation mIoU {best['miou']:.4f} at epoch {best.get('epoch')}; weights in {out / 'best.pt'}")
+    return best
+
+
+def _truncate_log(log_path: Path, last_epoch_index: int) -> None:
+    """Drop log lines past the checkpointed epoch (written just before a kill), so none repeat."""
+    if not log_path.exists():
+        return
+    keep = [line for line in log_path.read_text().splitlines()
+            if line.strip() and json.loads(line)["epoch"] <= last_epoch_index + 1]
+    log_path.write_text("".join(line + "\n" for line in keep))
