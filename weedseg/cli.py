@@ -28,6 +28,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="cpu: compact model, about 10 min on 2 cores; paper: ResNet-34 U-Net, 500 epochs (GPU)")
     p.add_argument("--out", help="run folder for checkpoints and logs (default: runs/<dataset>-<budget>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
     p.add_argument("--model", choices=list(MODELS))
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -52,7 +53,7 @@ def run_train(args: argparse.Namespace) -> int:
     values = {**PRESETS[args.budget], "out": args.out or f"runs/{args.dataset}-{args.budget}"}
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
                    if getattr(args, f.name, None) is not None and f.name != "out"})
-    train(TrainConfig(**values), resume=args.resume)
+    train(TrainConfig(**values), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -91,16 +91,20 @@ def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: in
     return torch.tensor(weights)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train per `cfg` (or continue the run in cfg.out when `resume`); returns the best validation metrics."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train per `cfg` (or continue the run in cfg.out when `resume`); returns the best validation metrics.
+
+    An existing run in cfg.out is an error unless `resume` (continue it) or `overwrite` (start afresh).
+    """
     out = Path(cfg.out)
     last_path, log_path = out / "last.pt", out / "metrics.jsonl"
     state = None
     if resume:
         state = load_checkpoint(last_path)
         cfg = TrainConfig(**{**state["train_state"]["config"], "out": cfg.out})
-    elif last_path.exists():
-        raise WeedsegError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    elif last_path.exists() and not overwrite:
+        raise WeedsegError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
+                           f"afresh, or choose another --out")
 
     device = resolve_device(cfg.device)
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.train_fraction)
@@ -137,7 +141,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     start_epoch, best = 0, {"miou": -1.0}
     if state is None:
         out.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)
+        for stale in (log_path, last_path, out / "best.pt"):
+            stale.unlink(missing_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     else:
         model.load_state_dict(state["state_dict"])

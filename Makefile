@@ -1,0 +1,37 @@
+# weedseg: `make demo` sets up and runs the main job, `make test` sets up and runs the tests.
+# Setup creates .venv and installs a CPU build of torch on machines without an NVIDIA GPU.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# NVIDIA machines (nvidia-smi lists a GPU): the default PyPI build of torch, which bundles CUDA.
+# Other machines: a CPU build, never the CUDA packages: a local CPU wheel if pip's find-links has
+# one, else PyTorch's CPU index; then `pip install torch==...` adds only torch's small dependencies.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: setup demo test clean
+
+$(BIN)/weedseg: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+ifneq ($(HAS_GPU),1)
+	$(BIN)/python -m pip install -q --no-index --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null \
+	  || $(BIN)/python -m pip install -q --no-deps "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX)
+endif
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@echo "torch: $$($(BIN)/python -c 'import torch; print(torch.__version__, "CUDA" if torch.cuda.is_available() else "CPU")')"
+	touch $(BIN)/weedseg
+
+setup: $(BIN)/weedseg
+
+demo: setup
+	$(BIN)/weedseg train --dataset peanut --budget cpu --epochs 3 --out runs/demo --overwrite
+	$(BIN)/weedseg evaluate runs/demo/best.pt --dataset peanut --split test
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
