@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -64,30 +65,40 @@ class SeededSampler(Sampler):
 
     Order and seeds depend only on (seed, epoch), so a resumed run sees exactly the batches an
     uninterrupted one would, and runs with the same seed share data order and augmentation.
+    With several processes (`rank` of `num_replicas`) each takes every num_replicas-th pair of
+    the same global order, padded by repeating its start so every process gets as many; an
+    image's augmentation seed is therefore the same whatever the number of processes.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, rank: int = 0, num_replicas: int = 1) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
+        self.rank, self.num_replicas = rank, num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return math.ceil(self.size / self.num_replicas)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
         seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=g).tolist()
-        return iter(zip(order, seeds))
+        pairs = list(zip(order, seeds))
+        pairs += pairs[: len(self) * self.num_replicas - self.size]
+        return iter(pairs[self.rank :: self.num_replicas])
 
 
-def channel_stats(dataset: SegmentationDataset, max_images: int = 64) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (in [0, 1] units) over up to `max_images` evenly spaced images."""
+def channel_stats(dataset: Dataset, max_images: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1] units) over up to `max_images` evenly spaced images.
+
+    `dataset.load(i)` may return an (image, mask) pair or just an image (unlabeled images).
+    """
     step = max(1, len(dataset) // max_images)
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
     for i in range(0, len(dataset), step):
-        px = dataset.load(i)[0].reshape(-1, 3).astype(np.float64) / 255.0
+        item = dataset.load(i)
+        px = (item[0] if isinstance(item, tuple) else item).reshape(-1, 3).astype(np.float64) / 255.0
         total += px.sum(0)
         total_sq += (px**2).sum(0)
         count += len(px)
