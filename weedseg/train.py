@@ -3,6 +3,9 @@
 Every epoch appends a line to <out>/metrics.jsonl and rewrites <out>/last.pt (model, optimiser,
 schedule, best score); <out>/best.pt holds the weights with the best validation mIoU.
 `train(cfg, resume=True)` continues from last.pt with the exact data order of an unbroken run.
+`cfg.init` starts from a pretrained checkpoint (see weedseg.ssl.transfer for what is copied) and
+uses its normalisation. Under torchrun the loop runs with DistributedDataParallel (weedseg.distributed);
+the batch size is global and only rank 0 validates and writes files.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import WeedsegError
+from . import WeedsegError, distributed
 from .checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from .data import EvalResize, SeededSampler, SegmentationDataset, TrainAugment, channel_stats, open_dataset
-from .evaluate import evaluate_model, resolve_device
+from .evaluate import evaluate_model
 from .losses import build_loss, inverse_sqrt_frequency_weights
 from .models import count_parameters, create_model
+from .ssl.transfer import check_init_model, format_report, transfer_weights
 
 
 @dataclass
@@ -49,6 +53,8 @@ class TrainConfig:
     workers: int = -1  # -1: automatic
     device: str = "auto"
     amp: bool = True  # mixed precision, CUDA only
+    init: str | None = None  # pretrained checkpoint to start from (weedseg pretrain)
+    init_head: bool = False  # also copy the head from `init` when its shape matches
 
 
 PRESETS: dict[str, dict] = {
@@ -106,26 +112,38 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         raise WeedsegError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
                            f"afresh, or choose another --out")
 
-    device = resolve_device(cfg.device)
+    device = distributed.init(cfg.device)
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    if cfg.batch_size % world:
+        raise WeedsegError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
+    pretrained = load_checkpoint(cfg.init) if cfg.init and state is None else None
+    if pretrained is not None:
+        check_init_model(pretrained, cfg.model, cfg.init)
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.train_fraction)
     num_classes = len(data.classes)
     train_ds = SegmentationDataset(data.layout, data.splits["train"], TrainAugment(cfg.crop), [0.0] * 3, [1.0] * 3)
     train_ds.preload("loading train images")
-    if state is None:
-        mean, std = channel_stats(train_ds)
+    if state is not None or pretrained is not None:  # a fine-tuned model keeps its pretraining normalisation
+        mean, std = (state or pretrained)["normalization"]["mean"], (state or pretrained)["normalization"]["std"]
     else:
-        mean, std = state["normalization"]["mean"], state["normalization"]["std"]
+        mean, std = channel_stats(train_ds)
     train_ds.mean, train_ds.std = mean, std
     val_ds = SegmentationDataset(data.layout, data.splits["val"], EvalResize(cfg.eval_short_side), mean, std)
     val_ds.preload("loading val images")
 
-    sampler = SeededSampler(len(train_ds), cfg.seed)
+    sampler = SeededSampler(len(train_ds), cfg.seed, rank, world)
     workers = auto_workers() if cfg.workers < 0 else cfg.workers
-    loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=len(train_ds) >= cfg.batch_size,
+    per_process = cfg.batch_size // world
+    loader = DataLoader(train_ds, per_process, sampler=sampler, drop_last=len(sampler) >= per_process,
                         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes).to(device)
+    model = create_model(cfg.model, num_classes)
+    if pretrained is not None:
+        report = {"init": cfg.init, **transfer_weights(model, pretrained, cfg.init_head)}
+        if main:
+            print(format_report(report))
+    model = model.to(device)
     meta = model_metadata(cfg.model, num_classes, data.classes, data.colors, mean, std)
     weights = parse_class_weights(cfg.class_weights, train_ds, num_classes)
     criterion = build_loss(cfg.loss, None if weights is None else weights.to(device))
@@ -140,10 +158,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     start_epoch, best = 0, {"miou": -1.0}
     if state is None:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in (log_path, last_path, out / "best.pt"):
-            stale.unlink(missing_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in (log_path, last_path, out / "best.pt", out / "init_report.json"):
+                stale.unlink(missing_ok=True)
+            (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+            if pretrained is not None:
+                (out / "init_report.json").write_text(json.dumps(report, indent=2))
     else:
         model.load_state_dict(state["state_dict"])
         ts = state["train_state"]
@@ -151,20 +172,24 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         scheduler.load_state_dict(ts["scheduler"])
         scaler.load_state_dict(ts["scaler"])
         start_epoch, best = ts["epoch"] + 1, ts["best"]
-        _truncate_log(log_path, ts["epoch"])
-        print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
+        if main:
+            _truncate_log(log_path, ts["epoch"])
+            print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
 
-    print(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M parameters) on {cfg.dataset}: "
-          f"{len(train_ds)} train / {len(val_ds)} val images, {cfg.epochs} epochs, batch {cfg.batch_size}, "
-          f"device {device}{' with mixed precision' if use_amp else ''}")
-    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="epochs", unit="epoch")
+    if main:
+        print(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M parameters) on {cfg.dataset}: "
+              f"{len(train_ds)} train / {len(val_ds)} val images, {cfg.epochs} epochs, batch {cfg.batch_size}, "
+              f"device {device}{' with mixed precision' if use_amp else ''}{f', {world} processes' if world > 1 else ''}")
+    model = distributed.wrap_model(model, device)
+    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="epochs", unit="epoch",
+               disable=not main)
     try:
         for epoch in bar:
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout stream depends only on (seed, epoch)
+            torch.manual_seed((cfg.seed * 1_000_003 + epoch) * world + rank)  # dropout stream: (seed, epoch, rank)
             sampler.set_epoch(epoch)
             model.train()
             t0, total_loss = time.perf_counter(), 0.0
-            for images, masks in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False):
+            for images, masks in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not main):
                 images = images.to(device, non_blocking=True)
                 masks = masks.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -176,11 +201,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 scheduler.step()
                 total_loss += loss.item()
             seconds = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "train_loss": total_loss / max(1, steps),
+            distributed.sync_buffers(model)
+            record = {"epoch": epoch + 1, "train_loss": distributed.mean(total_loss / max(1, steps)),
                       "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
                       "images_per_s": round(steps * cfg.batch_size / seconds, 2)}
+            if not main:
+                continue
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                val = evaluate_model(model, val_ds, num_classes, device).summary(data.classes)
+                val = evaluate_model(distributed.unwrap(model), val_ds, num_classes, device).summary(data.classes)
                 record.update(val_miou=val["miou"], val_iou=val["iou"])
                 if val["miou"] > best["miou"]:
                     best = {"epoch": epoch + 1, "miou": val["miou"], "iou": val["iou"]}
@@ -198,6 +226,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         raise WeedsegError(f"interrupted; completed epochs are saved in {last_path}. "
                            f"Continue with: weedseg train --resume --out {out}") from None
     bar.close()
+    distributed.barrier()
+    if not main:
+        return best
     print(f"best validation mIoU {best['miou']:.4f} at epoch {best.get('epoch')}; weights in {out / 'best.pt'}")
     return best
 
