@@ -151,12 +151,89 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (self-checked against torch; optional INT8)",
+                       description="Export a checkpoint to ONNX with dynamic batch, height and width and its class "
+                                   "names, colours, normalisation and input resolution in the ONNX metadata. The "
+                                   "export is checked against torch on real images and fails past --tolerance. "
+                                   "--int8 also writes MODEL.int8.onnx (static QDQ per-channel quantisation, "
+                                   "calibrated on real training images) and reports FP32 and INT8 mIoU.")
+    p.add_argument("checkpoint", help="a .pt file written by `weedseg train`")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--int8", action="store_true", help="also write an INT8 model next to --out (<out>.int8.onnx)")
+    p.add_argument("--input-short-side", type=int,
+                   help="resolution predict feeds the model: short side in pixels, 0 = native "
+                        "(default: the checkpoint's eval short side, else 256)")
+    p.add_argument("--dataset", choices=DATASETS, default="peanut",
+                   help="labelled images for the self-check, INT8 calibration (train) and scoring")
+    p.add_argument("--data-root")
+    p.add_argument("--split", choices=SPLITS, default="val", help="split the FP32 and INT8 mIoU are scored on")
+    p.add_argument("--calibration-images", type=int, default=32, help="training images that calibrate INT8")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |ONNX - torch| logit difference")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .export import export_checkpoint
+
+    data = open_dataset(args.dataset, args.data_root)
+    export_checkpoint(args.checkpoint, args.out, data, args.input_short_side, tolerance=args.tolerance,
+                      int8=args.int8, calibration_images=args.calibration_images, score_split=args.split)
+    return 0
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment an image or a folder tree with an ONNX model",
+                       description="Segment images (JPG, PNG, TIFF; a folder is searched recursively) into a class "
+                                   "mask PNG, a colour overlay and a weed grid CSV per image, mirroring the input "
+                                   "tree in --out, plus OUT/summary.csv. Large images are tiled and blended. Images "
+                                   "already done are skipped (resume); unreadable ones are reported and skipped, and "
+                                   "the exit status is 1 if any failed.")
+    p.add_argument("input", help="an image or a folder")
+    p.add_argument("--model", help="an ONNX file from `weedseg export` (default: models/weedseg-peanut-default.onnx)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--short-side", type=int,
+                   help="resize images to this short side before the model, 0 = native (default: the model's)")
+    p.add_argument("--tile", type=int, default=1024, help="tile size in model pixels for large images (default 1024)")
+    p.add_argument("--overlap", type=int, default=128, help="tile overlap in model pixels (default 128)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grid-cell", type=int, default=256, help="weed grid cell size in image pixels (default 256)")
+    p.add_argument("--overlay-format", choices=["jpg", "png"], default="jpg")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--workers", type=int, default=0, help="reader and writer threads each (default: automatic)")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import logging
+
+    from .infer.pipeline import PredictOptions, predict_path
+    from .infer.session import Segmenter, resolve_model_path
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads)
+    options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
+                             args.overlay_format, args.overwrite, args.workers)
+    summary = predict_path(args.input, args.out, seg, options)
+    counts = summary.counts()
+    print(f"{len(summary.rows)} images in {summary.seconds:.1f} s: {counts['predicted']} predicted, "
+          f"{counts['done before']} already done, {counts['failed']} failed; summary: {Path(args.out) / 'summary.csv'}")
+    for row in summary.failed:
+        print(f"  failed: {row['image']}: {row['error']}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weedseg", description="Crop / weed / soil segmentation for field images.")
     parser.add_argument("--version", action="version", version=f"weedseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_export_parser(sub)
+    add_predict_parser(sub)
     add_pretrain_parser(sub)
     return parser
 

@@ -23,7 +23,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
                 peak = 65535.0 if arr.max() > 255 else 255.0
                 im = Image.fromarray((arr / peak * 255.0).round().astype(np.uint8))
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # SyntaxError: PIL's broken-file error
         raise WeedsegError(f"cannot read image {path}: {exc}") from exc
 
 

@@ -1,0 +1,197 @@
+"""`weedseg predict`: folder trees, bad files, resume, tiling, odd inputs, GeoTIFF, atomic outputs."""
+
+from __future__ import annotations
+
+import csv
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, TiffImagePlugin, TiffTags
+
+from weedseg import WeedsegError
+from weedseg.checkpoint import load_checkpoint
+from weedseg.cli import main
+from weedseg.data.io import read_rgb
+from weedseg.export import export_onnx
+from weedseg.infer import session
+from weedseg.infer.outputs import read_geo_tags, read_mask
+from weedseg.infer.session import Segmenter
+from weedseg.infer.tiling import predict_logits, predict_tiled, upsample_argmax
+
+
+@pytest.fixture(scope="module")
+def model(trained_run, tmp_path_factory) -> Path:
+    """The trained test model exported to ONNX (input short side 128, to keep the tests fast)."""
+    path = tmp_path_factory.mktemp("model") / "model.onnx"
+    export_onnx(load_checkpoint(trained_run / "best.pt"), path, input_short_side=128)
+    return path
+
+
+@pytest.fixture(scope="module")
+def field_image(peanut) -> np.ndarray:
+    """A real field photo, downsized to 320 x 240."""
+    return cv2.resize(read_rgb(peanut.splits["val"][0].image), (320, 240), interpolation=cv2.INTER_AREA)
+
+
+def png_bomb(path: Path) -> None:
+    """A tiny PNG whose header claims 30000 x 30000 pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+BAD_FILES = ["bad/empty.jpg", "bad/text.png", "bad/truncated.jpg", "bad/corrupt.png", "bad/bomb.png"]
+
+
+@pytest.fixture()
+def tree(tmp_path, field_image) -> Path:
+    """A field-image folder tree with odd formats and every kind of bad file."""
+    root = tmp_path / "flight"
+    (root / "row1").mkdir(parents=True)
+    (root / "row2" / "deep").mkdir(parents=True)
+    (root / "bad").mkdir()
+    Image.fromarray(field_image).save(root / "row1" / "a.jpg", quality=92)
+    Image.fromarray(field_image[:, ::-1]).save(root / "row1" / "a.png")  # same stem, other format
+    Image.fromarray(field_image[:200, :150]).save(root / "row2" / "deep" / "b.tiff")
+    Image.fromarray(cv2.cvtColor(field_image, cv2.COLOR_RGB2GRAY)).save(root / "row2" / "grey.png")
+    Image.fromarray(np.dstack([field_image, np.full(field_image.shape[:2], 200, np.uint8)])).save(root / "row2" / "rgba.png")
+    Image.fromarray(cv2.cvtColor(field_image, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257).save(root / "row2" / "grey16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: displayed 240 wide, 320 high
+    Image.fromarray(field_image).save(root / "row2" / "rotated.jpg", exif=exif.tobytes())
+
+    (root / "bad" / "empty.jpg").write_bytes(b"")
+    (root / "bad" / "text.png").write_text("this is not an image")
+    jpeg = (root / "row1" / "a.jpg").read_bytes()
+    (root / "bad" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    png = bytearray((root / "row1" / "a.png").read_bytes())
+    png[png.find(b"IDAT") + 40 : png.find(b"IDAT") + 60] = bytes(20)
+    (root / "bad" / "corrupt.png").write_bytes(bytes(png))
+    png_bomb(root / "bad" / "bomb.png")
+    (root / "notes.txt").write_text("not an image suffix: ignored")
+    return root
+
+
+def read_summary(out: Path) -> dict[str, dict]:
+    with open(out / "summary.csv", newline="") as f:
+        return {row["image"]: row for row in csv.DictReader(f)}
+
+
+def test_folder_tree_with_bad_files(tree, model, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["predict", str(tree), "--model", str(model), "--out", str(out)])
+    assert code == 1  # some images failed
+    err = capsys.readouterr().err
+    rows = read_summary(out)
+    good = {"row1/a.jpg": (320, 240), "row1/a.png": (320, 240), "row2/deep/b.tiff": (150, 200),
+            "row2/grey.png": (320, 240), "row2/rgba.png": (320, 240), "row2/grey16.png": (320, 240),
+            "row2/rotated.jpg": (240, 320)}
+    assert set(rows) == set(good) | set(BAD_FILES)
+    for name, (w, h) in good.items():
+        row = rows[name]
+        assert row["status"] == "predicted", row
+        assert (int(row["width"]), int(row["height"])) == (w, h)
+        assert abs(sum(float(row[f"{c}_pct"]) for c in ("soil", "crop", "weed")) - 100) < 0.01
+        mask = read_mask(out / row["mask"])
+        assert mask.shape == (h, w) and mask.max() <= 2
+        assert int(row["weed_pixels"]) == int((mask == 2).sum())
+        base = out / row["mask"].removesuffix(".mask.png")
+        assert Image.open(f"{base}.overlay.jpg").size == (w, h)
+        grid = list(csv.DictReader(open(f"{base}.grid.csv")))
+        assert len(grid) == -(-w // 256) * -(-h // 256)
+    assert rows["row1/a.jpg"]["mask"] == "row1/a.jpg.mask.png"  # same stem as a.png: suffix kept
+    assert rows["row2/deep/b.tiff"]["mask"] == "row2/deep/b.mask.png"
+    for name in BAD_FILES:
+        assert rows[name]["status"] == "failed" and rows[name]["error"], rows[name]
+        assert name in err
+    assert "decompression bomb" in rows["bad/bomb.png"]["error"]
+    assert not list(out.rglob("*.part")), "temporary files left behind"
+
+
+def test_resume_skips_done_images_and_overwrite_redoes_them(tree, model, tmp_path):
+    for bad in BAD_FILES:
+        (tree / bad).unlink()
+    out = tmp_path / "out"
+    args = ["predict", str(tree), "--model", str(model), "--out", str(out)]
+    assert main(args) == 0
+    first = read_summary(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mask.png")}
+    (out / "row2" / "grey.mask.png").unlink()  # as if the run had been interrupted there
+
+    assert main(args) == 0
+    rows = read_summary(out)
+    assert rows["row2/grey.png"]["status"] == "predicted"
+    assert {r["status"] for n, r in rows.items() if n != "row2/grey.png"} == {"done before"}
+    assert all(rows[n]["weed_pct"] == first[n]["weed_pct"] for n in rows)  # rows rebuilt from the masks
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.name != "grey.mask.png")
+
+    assert main(args + ["--overwrite"]) == 0
+    assert {r["status"] for r in read_summary(out).values()} == {"predicted"}
+
+
+def test_tiled_prediction_agrees_with_whole_image(model, field_image):
+    seg = Segmenter(model, device="cpu")
+    x = seg.model_input(field_image)  # 320 x 240 at native resolution
+    whole = predict_logits(x, seg.run, tile=512, overlap=0, batch_size=1, multiple=32)
+    tiled = predict_logits(x, seg.run, tile=128, overlap=48, batch_size=3, multiple=32)
+    assert tiled.shape == whole.shape == (3, 240, 320)
+    assert (tiled.argmax(0) == whole.argmax(0)).mean() > 0.97
+
+
+def test_tile_blending_is_exact_and_streams_bounded_bands():
+    """With a per-pixel 'model' every tiling must give exactly the whole-image result."""
+    x = np.random.default_rng(0).normal(size=(3, 301, 419)).astype(np.float32)
+    pixelwise = lambda b: np.concatenate([b, -b], axis=1)  # noqa: E731
+    bands = []
+    predict_tiled(x, pixelwise, lambda y, band: bands.append((y, band)), tile=96, overlap=32, batch_size=2, multiple=32)
+    assert [y for y, _ in bands] == sorted(y for y, _ in bands) and bands[0][0] == 0
+    assert all(band.shape[1] <= 96 and band.shape[2] == 419 for _, band in bands)
+    blended = np.concatenate([band for _, band in bands], axis=1)
+    np.testing.assert_allclose(blended, pixelwise(x[None])[0], atol=1e-5)
+
+
+def test_native_resolution_large_image_is_tiled(model, field_image, tmp_path):
+    big = cv2.resize(field_image, (700, 500))
+    Image.fromarray(big).save(tmp_path / "big.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "big.png"), "--model", str(model), "--out", str(out),
+                 "--short-side", "0", "--tile", "256", "--overlap", "64"]) == 0
+    assert read_mask(out / "big.mask.png").shape == (500, 700)
+
+
+def test_upsample_argmax_matches_torch_bilinear():
+    logits = np.random.default_rng(1).normal(size=(3, 29, 37)).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(logits)[None], size=(301, 333), mode="bilinear", align_corners=False)
+    got = upsample_argmax(logits, 301, 333, strip_rows=64)
+    assert (got == ref[0].argmax(0).numpy()).mean() > 0.999
+
+
+def test_geotiff_input_gives_georeferenced_mask(model, field_image, tmp_path):
+    geo = {33550: ((0.05, 0.05, 0.0), TiffTags.DOUBLE),
+           33922: ((0.0, 0.0, 0.0, 500000.0, 4100000.0, 0.0), TiffTags.DOUBLE),
+           34735: ((1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), TiffTags.SHORT),
+           34737: ("WGS 84 / UTM zone 33N|", TiffTags.ASCII)}
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag, (value, kind) in geo.items():
+        ifd[tag], ifd.tagtype[tag] = value, kind
+    Image.fromarray(field_image).save(tmp_path / "ortho.tif", tiffinfo=ifd)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "ortho.tif"), "--model", str(model), "--out", str(out)]) == 0
+    mask_path = out / "ortho.mask.tif"
+    assert read_mask(mask_path).shape == (240, 320)
+    assert read_geo_tags(mask_path) == read_geo_tags(tmp_path / "ortho.tif") == geo
+
+
+def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(session, "DEFAULT_MODEL", tmp_path / "absent.onnx")
+    with pytest.raises(WeedsegError, match="no --model given.*weedseg export"):
+        session.resolve_model_path(None)
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o")]) == 2

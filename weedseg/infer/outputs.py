@@ -1,0 +1,149 @@
+"""What `weedseg predict` writes per image (mask, overlay, weed grid) and per run (summary CSV).
+
+Every file is written to a temporary name in the same folder and renamed into place, so an
+interrupted run never leaves a half-written file under a final name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, TiffImagePlugin
+
+from .. import WeedsegError
+
+# GeoTIFF tags: pixel scale, tie points, transformation, GeoKey directory, double and ASCII params
+GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+GeoTags = dict[int, tuple[object, int]]  # tag -> (value, TIFF type)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def encode_image(array: np.ndarray, suffix: str) -> bytes:
+    """PNG or JPEG bytes of an RGB (HxWx3) or grey (HxW) uint8 array."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if suffix in (".jpg", ".jpeg") else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, buf = cv2.imencode(suffix, array, params)
+    if not ok:
+        raise WeedsegError(f"could not encode a {array.shape[1]}x{array.shape[0]} image as {suffix}")
+    return buf.tobytes()
+
+
+def read_geo_tags(path: Path) -> GeoTags | None:
+    """The georeferencing tags of a GeoTIFF, or None for any other image."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with Image.open(path) as im:
+            tags = getattr(im, "tag_v2", {})
+            geo = {t: (tags[t], tags.tagtype[t]) for t in GEO_TAGS if t in tags}
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # reading the pixels reports the problem
+    return geo if (33922 in geo or 34264 in geo) else None
+
+
+def geotiff_bytes(mask: np.ndarray, geo: GeoTags) -> bytes:
+    """A deflate-compressed single-band TIFF of `mask` carrying the input's georeferencing tags."""
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag, (value, kind) in geo.items():
+        ifd[tag] = value
+        ifd.tagtype[tag] = kind
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="TIFF", tiffinfo=ifd, compression="tiff_adobe_deflate")
+    return buf.getvalue()
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A class-index mask written by `weedseg predict` (PNG or GeoTIFF)."""
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, colors: list[list[int]], alpha: float = 0.45) -> np.ndarray:
+    """The photo with every class but the first (soil/background) tinted in its colour."""
+    palette = np.asarray(colors, np.uint8)
+    tinted = cv2.addWeighted(rgb, 1 - alpha, palette[mask], alpha, 0)
+    return np.where((mask > 0)[..., None], tinted, rgb)
+
+
+@dataclass
+class GridCell:
+    """One spot-spraying cell: its bounds in pixels (x1, y1 exclusive) and weed cover in percent."""
+
+    row: int
+    col: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    weed_pct: float
+
+
+def weed_grid(mask: np.ndarray, weed_class: int, cell: int) -> list[GridCell]:
+    """Weed cover per cell of a grid of `cell` x `cell` pixels (edge cells are smaller)."""
+    h, w = mask.shape
+    ys, xs = np.arange(0, h, cell), np.arange(0, w, cell)
+    weed = np.add.reduceat(mask == weed_class, ys, axis=0, dtype=np.int64)
+    weed = np.add.reduceat(weed, xs, axis=1, dtype=np.int64)
+    cells = []
+    for r, y0 in enumerate(ys):
+        for c, x0 in enumerate(xs):
+            y1, x1 = min(h, y0 + cell), min(w, x0 + cell)
+            cells.append(GridCell(r, c, int(x0), int(y0), int(x1), int(y1),
+                                  round(100.0 * weed[r, c] / ((y1 - y0) * (x1 - x0)), 3)))
+    return cells
+
+
+def grid_csv(cells: list[GridCell]) -> bytes:
+    """The grid as CSV: row, col, x0, y0, x1, y1, weed_pct."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["row", "col", "x0", "y0", "x1", "y1", "weed_pct"])
+    writer.writerows([c.row, c.col, c.x0, c.y0, c.x1, c.y1, c.weed_pct] for c in cells)
+    return buf.getvalue().encode()
+
+
+def mask_stats(mask: np.ndarray, classes: list[str], cell: int) -> tuple[dict, list[GridCell]]:
+    """Summary-row fields of a class-index mask (percent per class, weed pixels and cells) and its weed grid."""
+    h, w = mask.shape
+    counts = np.bincount(mask.ravel(), minlength=len(classes))
+    row: dict = {"width": w, "height": h}
+    row.update({f"{name}_pct": round(100.0 * n / (h * w), 3) for name, n in zip(classes, counts)})
+    if "weed" not in classes:
+        return row, []
+    cells = weed_grid(mask, classes.index("weed"), cell)
+    row.update(weed_pixels=int(counts[classes.index("weed")]),
+               weed_cells=sum(c.weed_pct > 0 for c in cells),
+               max_cell_weed_pct=max(c.weed_pct for c in cells))
+    return row, cells
+
+
+def summary_columns(classes: list[str]) -> list[str]:
+    """Columns of summary.csv."""
+    weed = ["weed_pixels", "weed_cells", "max_cell_weed_pct"] if "weed" in classes else []
+    return ["image", "status", "width", "height", *(f"{c}_pct" for c in classes), *weed, "mask", "error"]
+
+
+def write_summary(path: Path, rows: list[dict], classes: list[str]) -> None:
+    """Write summary.csv (one row per input image, in input order) atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, summary_columns(classes), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue().encode())

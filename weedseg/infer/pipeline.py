@@ -1,0 +1,284 @@
+"""`weedseg predict` over an image or a folder tree: threaded decoding and writing around batched inference.
+
+Reader threads decode and prepare images while the main thread runs the model on batches and
+writer threads upsample, colour and write the results, so the three overlap. An image whose
+outputs all exist is skipped (its summary row is rebuilt from its mask), so an interrupted run
+resumes where it stopped; an image that cannot be read or predicted is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import WeedsegError
+from ..data.io import IMAGE_SUFFIXES, read_rgb
+from ..data.transforms import resize_short_side
+from . import outputs
+from .session import Segmenter, cpu_count
+from .tiling import predict_logits, predict_tiled, run_padded, upsample_argmax
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictOptions:
+    """How `weedseg predict` runs; see `weedseg predict --help`."""
+
+    short_side: int | None = None  # None: the model's input short side; 0: native resolution
+    tile: int = 1024
+    overlap: int = 128
+    batch_size: int = 4
+    grid_cell: int = 256
+    overlay_format: str = "jpg"
+    overwrite: bool = False
+    workers: int = 0  # reader and writer threads each; 0: automatic
+
+
+@dataclass
+class Job:
+    """One input image and the files it produces."""
+
+    index: int
+    path: Path
+    name: str  # path relative to the input folder, as shown in summary.csv
+    mask: Path
+    overlay: Path
+    grid: Path
+
+    def done(self) -> bool:
+        return self.mask.is_file() and self.overlay.is_file() and self.grid.is_file()
+
+
+@dataclass
+class Prepared:
+    """A decoded image and the model input made from it."""
+
+    job: Job
+    rgb: np.ndarray
+    x: np.ndarray  # normalised (3, h, w) at the model's resolution
+    geo: outputs.GeoTags | None
+
+
+@dataclass
+class RunSummary:
+    """What a run did: one summary row per image, in input order."""
+
+    rows: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+    def counts(self) -> Counter:
+        return Counter(r["status"] for r in self.rows)
+
+
+def find_images(input_path: Path, exclude: Path | None = None) -> list[Path]:
+    """`input_path` itself, or every image below the folder (recursively, sorted), skipping `exclude`."""
+    if input_path.is_file():
+        return [input_path]
+    if not input_path.is_dir():
+        raise WeedsegError(f"input not found: {input_path}")
+    exclude = exclude.resolve() if exclude else None
+    found = []
+    for p in sorted(input_path.rglob("*")):
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith(".") or not p.is_file():
+            continue
+        if exclude and p.resolve().is_relative_to(exclude):
+            continue
+        found.append(p)
+    return found
+
+
+def plan_jobs(images: list[Path], input_path: Path, out: Path, overlay_format: str) -> list[Job]:
+    """Output paths mirroring the input tree: <stem>.mask.png (.mask.tif for GeoTIFFs), <stem>.overlay.jpg,
+    <stem>.grid.csv; images sharing a stem in one folder keep their suffix (a.jpg.mask.png)."""
+    root = input_path if input_path.is_dir() else input_path.parent
+    rels = [p.relative_to(root) for p in images]
+    stems = Counter(r.with_suffix("") for r in rels)
+    jobs = []
+    for i, (path, rel) in enumerate(zip(images, rels)):
+        base = out / (rel if stems[rel.with_suffix("")] > 1 else rel.with_suffix(""))
+        geo_ext = ".tif" if rel.suffix.lower() in (".tif", ".tiff") and outputs.read_geo_tags(path) else ".png"
+        jobs.append(Job(i, path, rel.as_posix(), base.with_name(base.name + ".mask" + geo_ext),
+                        base.with_name(f"{base.name}.overlay.{overlay_format}"), base.with_name(base.name + ".grid.csv")))
+    return jobs
+
+
+class Predictor:
+    """Runs a Segmenter over jobs with reader and writer threads around batched inference."""
+
+    def __init__(self, seg: Segmenter, options: PredictOptions) -> None:
+        self.seg, self.opt = seg, options
+        self.short_side = seg.info.input_short_side if options.short_side is None else options.short_side
+        if options.tile % seg.info.size_multiple or options.tile < 2 * seg.info.size_multiple:
+            raise WeedsegError(f"--tile must be a multiple of {seg.info.size_multiple} and at least "
+                               f"{2 * seg.info.size_multiple}, got {options.tile}")
+        if not 0 <= options.overlap <= options.tile // 2:
+            raise WeedsegError(f"--overlap must be between 0 and half the tile ({options.tile // 2}), got {options.overlap}")
+        self.workers = options.workers or max(2, min(4, cpu_count()))
+
+    # --- reader threads
+    def prepare(self, job: Job) -> Prepared:
+        rgb = read_rgb(job.path)
+        x = self.seg.model_input(resize_short_side(rgb, self.short_side))
+        return Prepared(job, rgb, x, outputs.read_geo_tags(job.path) if job.mask.suffix == ".tif" else None)
+
+    # --- writer threads
+    def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
+        if mask is None:
+            mask = upsample_argmax(logits, *item.rgb.shape[:2])
+        info = self.seg.info
+        row, cells = outputs.mask_stats(mask, info.classes, self.opt.grid_cell)
+        job = item.job
+        outputs.atomic_write(job.overlay, outputs.encode_image(outputs.overlay(item.rgb, mask, info.colors),
+                                                               job.overlay.suffix))
+        outputs.atomic_write(job.grid, outputs.grid_csv(cells))
+        data = outputs.geotiff_bytes(mask, item.geo) if item.geo else outputs.encode_image(mask, ".png")
+        outputs.atomic_write(job.mask, data)  # last: its presence marks the image done
+        return {**row, "status": "predicted"}
+
+    def summarize_done(self, job: Job) -> dict:
+        row, _ = outputs.mask_stats(outputs.read_mask(job.mask), self.seg.info.classes, self.opt.grid_cell)
+        return {**row, "status": "done before"}
+
+    # --- main thread
+    def fits_whole(self, item: Prepared) -> bool:
+        return max(item.x.shape[1:]) <= self.opt.tile
+
+    def predict_large(self, item: Prepared) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Tiled prediction; at native resolution finished rows go straight into the mask (bounded memory)."""
+        o, m = self.opt, self.seg.info.size_multiple
+        h, w = item.x.shape[1:]
+        if (h, w) != item.rgb.shape[:2]:
+            return predict_logits(item.x, self.seg.run, o.tile, o.overlap, o.batch_size, m), None
+        mask = np.empty((h, w), np.uint8)
+
+        def sink(y: int, band: np.ndarray) -> None:
+            mask[y : y + band.shape[1]] = band.argmax(0)
+
+        predict_tiled(item.x, self.seg.run, sink, o.tile, o.overlap, o.batch_size, m)
+        return None, mask
+
+    def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True) -> None:
+        """Predict every job (skipping done ones unless overwrite); `on_row` gets each image's summary row."""
+        bar = tqdm(total=len(jobs), unit="img", desc="predicting", disable=not progress, smoothing=0.1)
+        prefetch = 2 * self.workers + self.opt.batch_size
+
+        def report(job: Job, fut: Future) -> None:
+            try:
+                row = fut.result()
+            except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
+                row = failure(exc)
+            mask = job.mask.relative_to(out).as_posix() if row["status"] != "failed" else ""
+            on_row(job, {"image": job.name, "mask": mask, **row})
+            bar.update()
+
+        with ThreadPoolExecutor(self.workers, "weedseg-read") as readers, \
+             ThreadPoolExecutor(self.workers, "weedseg-write") as writers:
+            writes: deque[Future] = deque()
+
+            def submit_write(job: Job, fn: Callable, *args) -> None:
+                while len(writes) >= prefetch:
+                    writes.popleft().exception()  # waits; failures are reported by the callback
+                fut = writers.submit(fn, *args)
+                fut.add_done_callback(lambda f, j=job: report(j, f))
+                writes.append(fut)
+
+            def fail_now(job: Job, exc: BaseException) -> None:
+                failed: Future = Future()
+                failed.set_exception(exc)
+                report(job, failed)
+
+            batch: list[Prepared] = []
+
+            def flush() -> None:
+                if not batch:
+                    return
+                try:
+                    logits = run_padded(self.seg.run, np.stack([b.x for b in batch]), self.seg.info.size_multiple)
+                except Exception as exc:  # noqa: BLE001
+                    for b in batch:
+                        fail_now(b.job, exc)
+                else:
+                    for b, lg in zip(batch, logits):
+                        submit_write(b.job, self.finish, b, lg, None)
+                batch.clear()
+
+            todo = [j for j in jobs if self.opt.overwrite or not j.done()]
+            for job in jobs:
+                if not self.opt.overwrite and job.done():
+                    submit_write(job, self.summarize_done, job)
+            reads: deque[tuple[Job, Future]] = deque()
+            pending = iter(todo)
+            for job in pending:
+                reads.append((job, readers.submit(self.prepare, job)))
+                if len(reads) >= prefetch:
+                    break
+            while reads:
+                job, fut = reads.popleft()
+                nxt = next(pending, None)
+                if nxt is not None:
+                    reads.append((nxt, readers.submit(self.prepare, nxt)))
+                try:
+                    item = fut.result()
+                except Exception as exc:  # noqa: BLE001
+                    fail_now(job, exc)
+                    continue
+                if not self.fits_whole(item):
+                    flush()
+                    try:
+                        logits, mask = self.predict_large(item)
+                    except Exception as exc:  # noqa: BLE001
+                        fail_now(job, exc)
+                        continue
+                    submit_write(job, self.finish, item, logits, mask)
+                    continue
+                if batch and batch[0].x.shape != item.x.shape:
+                    flush()
+                batch.append(item)
+                if len(batch) >= self.opt.batch_size or not reads:
+                    flush()
+            flush()
+            while writes:
+                writes.popleft().exception()
+        bar.close()
+
+
+def failure(exc: BaseException) -> dict:
+    """The summary row fields of an image that failed."""
+    message = str(exc) if isinstance(exc, WeedsegError) else f"{type(exc).__name__}: {exc}"
+    return {"status": "failed", "error": message}
+
+
+def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, options: PredictOptions,
+                 progress: bool = True) -> RunSummary:
+    """Predict an image or a folder tree into `out` and write out/summary.csv; returns the run summary."""
+    input_path, out = Path(input_path), Path(out)
+    if input_path.is_dir() and out.resolve() == input_path.resolve():
+        raise WeedsegError("--out must not be the input folder; choose another folder (it may be inside it)")
+    images = find_images(input_path, exclude=out)
+    if not images:
+        raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {input_path}")
+    jobs = plan_jobs(images, input_path, out, options.overlay_format)
+    predictor = Predictor(seg, options)
+    rows: dict[int, dict] = {}
+    summary = RunSummary()
+    start = time.perf_counter()
+    try:
+        predictor.run(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress)
+    finally:  # an interrupted run still records what it finished
+        summary.rows = [rows[i] for i in sorted(rows)]
+        summary.seconds = time.perf_counter() - start
+        outputs.write_summary(out / "summary.csv", summary.rows, seg.info.classes)
+    return summary

@@ -1,0 +1,116 @@
+"""Prediction of images of any size: overlapping tiles blended with weights that fade at tile borders.
+
+Tiles are processed one row of tiles at a time and finished rows are handed on at once, so the
+memory used is bounded by the image width times the tile height, whatever the image height.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+RunBatch = Callable[[np.ndarray], np.ndarray]  # (N, 3, h, w) float32 -> (N, C, h, w) logits
+BandSink = Callable[[int, np.ndarray], None]  # (first row, (C, rows, W) logits) for finished rows
+
+
+def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad a (..., H, W) array at the bottom and right to multiples of `multiple`, as the U-Net does itself.
+
+    Reflect padding, or edge padding when the pad is not smaller than the side (tiny images).
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "edge"
+    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad_h), (0, pad_w)], mode=mode)
+
+
+def run_padded(run: RunBatch, batch: np.ndarray, multiple: int) -> np.ndarray:
+    """Run a batch of any height and width: pad to the model's size multiple, crop the logits back."""
+    h, w = batch.shape[-2:]
+    return run(np.ascontiguousarray(pad_to_multiple(batch, multiple)))[..., :h, :w]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering `length`, overlapping by at least `overlap`."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    return list(range(0, length - tile, stride)) + [length - tile]
+
+
+def blend_window(h: int, w: int, overlap: int) -> np.ndarray:
+    """(h, w) weights: 1 inside, falling linearly towards the tile border over `overlap` pixels (never 0)."""
+    def ramp(n: int) -> np.ndarray:
+        i = np.arange(n, dtype=np.float32)
+        return np.clip(np.minimum(i + 1, n - i) / (overlap + 1), 1e-3, 1.0)
+
+    return np.outer(ramp(h), ramp(w)).astype(np.float32)
+
+
+def predict_tiled(x: np.ndarray, run: RunBatch, sink: BandSink, tile: int, overlap: int,
+                  batch_size: int, multiple: int) -> None:
+    """Blend overlapping tile predictions of a normalised (3, H, W) image; finished rows go to `sink` in order."""
+    if overlap < 0 or tile - overlap < multiple:
+        raise ValueError(f"tile {tile} and overlap {overlap}: need 0 <= overlap <= tile - {multiple}")
+    _, height, width = x.shape
+    th, tw = min(tile, height), min(tile, width)
+    window = blend_window(th, tw, overlap)
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    carry: tuple[np.ndarray, np.ndarray] | None = None
+    for r, y in enumerate(rows):
+        acc, weight = None, np.zeros((th, width), np.float32)
+        for b in range(0, len(cols), batch_size):
+            xs = cols[b : b + batch_size]
+            logits = run_padded(run, np.stack([x[:, y : y + th, c : c + tw] for c in xs]), multiple)
+            if acc is None:
+                acc = np.zeros((logits.shape[1], th, width), np.float32)
+                if carry is not None:
+                    acc[:, : carry[0].shape[1]] = carry[0]
+                    weight[: carry[1].shape[0]] = carry[1]
+            for c, lg in zip(xs, logits):
+                acc[:, :, c : c + tw] += lg * window
+                weight[:, c : c + tw] += window
+        done = (rows[r + 1] if r + 1 < len(rows) else y + th) - y
+        sink(y, acc[:, :done] / weight[:done])
+        carry = (acc[:, done:], weight[done:])
+
+
+def predict_logits(x: np.ndarray, run: RunBatch, tile: int, overlap: int, batch_size: int,
+                   multiple: int) -> np.ndarray:
+    """(C, H, W) logits of a normalised (3, H, W) image: in one pass if it fits in a tile, else tiled."""
+    if max(x.shape[1:]) <= tile:
+        return run_padded(run, x[None], multiple)[0]
+    bands: list[np.ndarray] = []
+    predict_tiled(x, run, lambda y, band: bands.append(band), tile, overlap, batch_size, multiple)
+    return np.concatenate(bands, axis=1)
+
+
+def upsample_argmax(logits: np.ndarray, height: int, width: int, strip_rows: int = 512) -> np.ndarray:
+    """(H, W) uint8 class map from (C, h, w) logits bilinearly resized to height x width (half-pixel centres,
+    like torch's align_corners=False), computed in strips of rows so only the mask is held at full size."""
+    c, h, w = logits.shape
+    if (h, w) == (height, width):
+        return logits.argmax(0).astype(np.uint8)
+    import cv2
+
+    map_x = ((np.arange(width, dtype=np.float32) + 0.5) * (w / width) - 0.5)[None, :]
+    mask = np.empty((height, width), np.uint8)
+    for y0 in range(0, height, strip_rows):
+        y1 = min(height, y0 + strip_rows)
+        map_y = ((np.arange(y0, y1, dtype=np.float32) + 0.5) * (h / height) - 0.5)[:, None]
+        mx, my = np.broadcast_to(map_x, (y1 - y0, width)), np.broadcast_to(map_y, (y1 - y0, width))
+        mx, my = np.ascontiguousarray(mx), np.ascontiguousarray(my)
+        best = None
+        for k in range(c):
+            up = cv2.remap(logits[k], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            if best is None:
+                best, idx = up, np.zeros(up.shape, np.uint8)
+            else:
+                better = up > best
+                best = np.where(better, up, best)
+                idx[better] = k
+        mask[y0:y1] = idx
+    return mask
