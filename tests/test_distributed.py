@@ -60,3 +60,18 @@ def test_two_process_gloo_pretraining_matches_single_process_masks(tmp_path):
         assert list(grid.y) == item["grid_y"] and list(grid.x) == item["grid_x"]
         np.testing.assert_allclose(scores, item["cell_loss"], atol=1e-4)
         assert np.flatnonzero(top_cells(scores, cfg.mask_ratio)).tolist() == item["masked_cells"]
+
+
+def test_two_process_gloo_training(tmp_path, peanut_root):
+    out = tmp_path / "train"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "weedseg.cli", "train", "--dataset", "peanut", "--data-root", str(peanut_root), "--out", str(out),
+           "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "4", "--crop", "64", "--eval-short-side", "64",
+           "--train-fraction", "0.05", "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "2 processes" in done.stdout and done.stdout.count("best validation mIoU") == 1
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer
+    assert load_checkpoint(out / "best.pt")["model"]["num_classes"] == 3

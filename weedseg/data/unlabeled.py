@@ -13,11 +13,12 @@ from .io import IMAGE_SUFFIXES, read_rgb
 
 
 def find_images(root: str | Path) -> list[Path]:
-    """Every image file under `root` (searched recursively, any mix of suffixes), sorted by path."""
+    """Every image file under `root` (searched recursively, any mix of suffixes, hidden files skipped), sorted."""
     root = Path(root)
     if not root.is_dir():
         raise WeedsegError(f"image folder not found: {root}")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
     if not paths:
         raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
     return paths
