@@ -1,0 +1,37 @@
+"""Confusion matrix and IoU against numbers computed by hand."""
+
+import math
+
+import torch
+
+from weedseg.metrics import ConfusionMatrix, format_summary
+
+
+def test_confusion_matrix_and_iou_by_hand():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 0]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 0]])
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    # rows = truth, columns = prediction
+    assert cm.matrix.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 2]]
+    # IoU: soil 2/(3+3-2)=0.5, crop 2/(2+3-2)=2/3, weed 2/(3+2-2)=2/3
+    iou = cm.iou()
+    assert math.isclose(iou[0], 0.5) and math.isclose(iou[1], 2 / 3) and math.isclose(iou[2], 2 / 3)
+    summary = cm.summary(["soil", "crop", "weed"])
+    assert math.isclose(summary["miou"], (0.5 + 2 / 3 + 2 / 3) / 3)
+    assert math.isclose(summary["pixel_accuracy"], 6 / 8)
+    assert "weed 66.67" in format_summary(summary)
+
+
+def test_accumulates_over_batches_and_ignores_out_of_range_targets():
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    cm.update(torch.tensor([1, 1]), torch.tensor([0, 255]))  # 255 = ignore
+    assert cm.matrix.tolist() == [[1, 1], [0, 1]]
+
+
+def test_class_absent_everywhere_is_left_out_of_the_mean():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert math.isnan(cm.iou()[2])
+    assert cm.summary(["a", "b", "c"])["miou"] == 1.0
