@@ -179,7 +179,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     if main:
         print(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M parameters) on {cfg.dataset}: "
               f"{len(train_ds)} train / {len(val_ds)} val images, {cfg.epochs} epochs, batch {cfg.batch_size}, "
-              f"device {device}{' with mixed precision' if use_amp else ''}{f', {world} processes' if world > 1 else ''}")
+              f"device {device}{' with mixed precision' if use_amp else ''}"
+              f"{f', {world} processes' if world > 1 else ''}")
     model = distributed.wrap_model(model, device)
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="epochs", unit="epoch",
                disable=not main)

@@ -150,6 +150,21 @@ def save_pictures(model: nn.Module, images: UnlabeledImages, indices: list[int],
     model.train()
 
 
+def choose_masks(model: nn.Module, images: UnlabeledImages, indices: list[int], cfg: PretrainConfig, step: int,
+                 mean: list[float], std: list[float], device: torch.device) -> tuple[dict, dict]:
+    """Score a partition (split over the processes, then gathered) and mask each image's highest-loss cells.
+
+    Returns the cell masks (image index -> (grid, flat mask)) and their JSON record (see masks_record).
+    """
+    start = time.perf_counter()
+    world = distributed.world_size()
+    mine = score_cells(model, images, indices[distributed.rank()::world], cfg, step, mean, std, device)
+    scores = {i: v for part in distributed.all_gather_objects(mine) for i, v in part.items()}
+    chosen = {i: (grid, top_cells(s, cfg.mask_ratio), s) for i, (grid, s) in scores.items()}
+    record = masks_record(step, images, chosen, time.perf_counter() - start)
+    return {i: (grid, mask) for i, (grid, mask, _) in chosen.items()}, record
+
+
 def masks_record(step: int, images: UnlabeledImages, chosen: dict[int, tuple[Grid, np.ndarray, np.ndarray]],
                  seconds: float) -> dict:
     """The JSON record of a step's masks: per image the grid, masked cells and scores; plus summary statistics."""
@@ -194,12 +209,18 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
     if cfg.batch_size % world:
         raise WeedsegError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
 
-    paths = find_images(cfg.images) if cfg.images else [s.image for s in open_dataset(cfg.dataset, cfg.data_root).splits["train"]]
+    if cfg.images:
+        paths = find_images(cfg.images)
+    else:  # a labelled dataset's TRAIN split only: validation and test images stay unseen
+        paths = [s.image for s in open_dataset(cfg.dataset, cfg.data_root).splits["train"]]
     images, skipped = open_images(paths, progress=main)
     if main and skipped:
         print(f"skipped {len(skipped)} unreadable image file(s):\n  " + "\n  ".join(skipped[:10])
               + ("\n  ..." if len(skipped) > 10 else ""))
-    mean, std = channel_stats(images) if state is None else (state["normalization"]["mean"], state["normalization"]["std"])
+    if state is None:
+        mean, std = channel_stats(images)
+    else:
+        mean, std = state["normalization"]["mean"], state["normalization"]["std"]
     steps = plan_steps(cfg.method, len(images), cfg.partitions, cfg.epochs, cfg.batch_size, world)
     total = sum(it for _, it in steps)
 
@@ -246,20 +267,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
                 if resuming and masks_path.exists():
                     cell_masks = masks_from_record(json.loads(masks_path.read_text()))
                 else:
-                    t_score = time.perf_counter()
-                    mine = score_cells(ddp, images, indices[distributed.rank()::world], cfg, step, mean, std, device)
-                    scores = {i: v for part in distributed.all_gather_objects(mine) for i, v in part.items()}
-                    chosen = {i: (g, top_cells(s, cfg.mask_ratio), s) for i, (g, s) in scores.items()}
-                    seconds = time.perf_counter() - t_score
-                    progress["seconds"]["score"] += seconds
-                    record = masks_record(step, images, chosen, seconds)
+                    cell_masks, record = choose_masks(ddp, images, indices, cfg, step, mean, std, device)
+                    progress["seconds"]["score"] += record["score_seconds"]
                     if main:
                         masks_path.parent.mkdir(parents=True, exist_ok=True)
                         masks_path.write_text(json.dumps(record))
-                        bar.write(f"step {step + 1}: scored {len(indices)} images in {seconds:.1f} s; mean cell loss "
-                                  f"{record['mean_loss_masked_cells']:.3f} masked vs "
+                        bar.write(f"step {step + 1}: scored {len(indices)} images in {record['score_seconds']:.1f} s; "
+                                  f"mean cell loss {record['mean_loss_masked_cells']:.3f} masked vs "
                                   f"{record['mean_loss_visible_cells']:.3f} visible")
-                    cell_masks = {i: (g, m) for i, (g, m, _) in chosen.items()}
             resume_state = dict(progress) if resuming and progress["iteration"] > 0 else None
             dataset = MaskedImages(images, indices, TrainAugment(cfg.crop), mean, std, cfg.mask_ratio, cfg.cells,
                                    cell_masks)
@@ -267,9 +282,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
             _train_step(ddp, dataset, step, iterations, cfg, device, ReconstructionLoss(cfg.loss, mean, std).to(device),
                         resume_state, progress, meta, out, bar, sum(it for _, it in steps[:step]), t0)
             if main:
-                save_checkpoint(out / f"step{step}" / "model.pt", ddp, meta, pretrain={"method": cfg.method,
-                                "step": step, "config": asdict(cfg)})
-                save_pictures(ddp, images, picture_indices, cfg, step, mean, std, device, out / f"step{step}" / "pictures")
+                info = {"method": cfg.method, "step": step, "config": asdict(cfg)}
+                save_checkpoint(out / f"step{step}" / "model.pt", ddp, meta, pretrain=info)
+                save_pictures(ddp, images, picture_indices, cfg, step, mean, std, device,
+                              out / f"step{step}" / "pictures")
     except KeyboardInterrupt:
         bar.close()
         raise WeedsegError(f"interrupted; progress is saved in {last_path}. Continue with: "
@@ -277,7 +293,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
     bar.close()
     final = out / "final.pt"
     if main:
-        save_checkpoint(final, ddp, meta, pretrain={"method": cfg.method, "step": len(steps) - 1, "config": asdict(cfg)})
+        info = {"method": cfg.method, "step": len(steps) - 1, "config": asdict(cfg)}
+        save_checkpoint(final, ddp, meta, pretrain=info)
         sec = progress["seconds"]
         summary = {"method": cfg.method, "images": len(images), "iterations": total, "processes": world,
                    "image_loads": total * cfg.batch_size, "seconds": {k: round(v, 1) for k, v in sec.items()},
