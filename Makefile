@@ -21,6 +21,11 @@ ifneq ($(HAS_GPU),1)
 endif
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+ifeq ($(HAS_GPU),1)
+# same `onnxruntime` module with the CUDA provider; the CPU and GPU wheels must not both be installed
+	$(BIN)/python -m pip uninstall -q -y onnxruntime
+	$(BIN)/python -m pip install -q onnxruntime-gpu
+endif
 	@echo "torch: $$($(BIN)/python -c 'import torch; print(torch.__version__, "CUDA" if torch.cuda.is_available() else "CPU")')"
 	touch $(BIN)/weedseg
 

@@ -214,7 +214,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .infer.session import Segmenter, resolve_model_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads)
+    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False)
     options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
                              args.overlay_format, args.overwrite, args.workers)
     summary = predict_path(args.input, args.out, seg, options)

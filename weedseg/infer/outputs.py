@@ -77,9 +77,11 @@ def read_mask(path: Path) -> np.ndarray:
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, colors: list[list[int]], alpha: float = 0.45) -> np.ndarray:
     """The photo with every class but the first (soil/background) tinted in its colour."""
-    palette = np.asarray(colors, np.uint8)
-    tinted = cv2.addWeighted(rgb, 1 - alpha, palette[mask], alpha, 0)
-    return np.where((mask > 0)[..., None], tinted, rgb)
+    lut = np.zeros((256, 1, 3), np.uint8)
+    lut[: len(colors), 0] = colors
+    tinted = cv2.addWeighted(rgb, 1 - alpha, cv2.LUT(cv2.merge([mask, mask, mask]), lut), alpha, 0)
+    cv2.copyTo(rgb, (mask == 0).view(np.uint8), tinted)  # soil keeps the photo's pixels
+    return tinted
 
 
 @dataclass

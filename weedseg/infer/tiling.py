@@ -89,28 +89,30 @@ def predict_logits(x: np.ndarray, run: RunBatch, tile: int, overlap: int, batch_
 
 
 def upsample_argmax(logits: np.ndarray, height: int, width: int, strip_rows: int = 512) -> np.ndarray:
-    """(H, W) uint8 class map from (C, h, w) logits bilinearly resized to height x width (half-pixel centres,
-    like torch's align_corners=False), computed in strips of rows so only the mask is held at full size."""
+    """(H, W) uint8 class map of (C, h, w) logits bilinearly resized to height x width.
+
+    Same sampling as torch's bilinear interpolation with align_corners=False; done in strips of
+    rows (an affine warp per strip), so only the uint8 mask is ever held at full size.
+    """
     c, h, w = logits.shape
     if (h, w) == (height, width):
         return logits.argmax(0).astype(np.uint8)
     import cv2
 
-    map_x = ((np.arange(width, dtype=np.float32) + 0.5) * (w / width) - 0.5)[None, :]
+    sx, sy = w / width, h / height
     mask = np.empty((height, width), np.uint8)
     for y0 in range(0, height, strip_rows):
-        y1 = min(height, y0 + strip_rows)
-        map_y = ((np.arange(y0, y1, dtype=np.float32) + 0.5) * (h / height) - 0.5)[:, None]
-        mx, my = np.broadcast_to(map_x, (y1 - y0, width)), np.broadcast_to(map_y, (y1 - y0, width))
-        mx, my = np.ascontiguousarray(mx), np.ascontiguousarray(my)
-        best = None
+        rows = min(strip_rows, height - y0)
+        # output pixel (x, y0 + y) samples input ((x + 0.5) * sx - 0.5, (y0 + y + 0.5) * sy - 0.5)
+        m = np.float32([[sx, 0, 0.5 * sx - 0.5], [0, sy, (y0 + 0.5) * sy - 0.5]])
+        best, idx = None, mask[y0 : y0 + rows]
         for k in range(c):
-            up = cv2.remap(logits[k], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            up = cv2.warpAffine(logits[k], m, (width, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REPLICATE)
             if best is None:
-                best, idx = up, np.zeros(up.shape, np.uint8)
+                best = up
+                idx[:] = 0
             else:
-                better = up > best
-                best = np.where(better, up, best)
-                idx[better] = k
-        mask[y0:y1] = idx
+                np.copyto(idx, k, where=up > best)
+                np.maximum(best, up, out=best)
     return mask

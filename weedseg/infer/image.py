@@ -1,0 +1,194 @@
+"""One image in memory: decode uploaded bytes, segment them as `weedseg predict` does, summarise the result.
+
+Used by the upload page (app/weedseg_app.py); nothing here touches the file system, and file
+names given by users only ever become display and download names (`safe_stem`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .. import WeedsegError
+from ..data.io import read_rgb
+from ..data.transforms import resize_short_side
+from . import outputs
+from .session import Segmenter
+from .tiling import predict_logits, predict_tiled, upsample_argmax
+
+MAX_PIXELS = 50_000_000  # larger uploads are refused before their pixels are decoded
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """HxWx3 uint8 RGB of an encoded image (JPG, PNG, TIFF ...); WeedsegError if unreadable or too large."""
+    if not data:
+        raise WeedsegError("the file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except Image.DecompressionBombError:
+        raise WeedsegError(f"the image is far larger than the limit of {max_pixels / 1e6:g} megapixels") from None
+    except Image.UnidentifiedImageError:
+        raise WeedsegError("not an image that can be read (JPG, PNG, TIFF, BMP or WebP expected)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise WeedsegError(f"damaged or unreadable image ({exc})") from exc
+    if width * height > max_pixels:
+        raise WeedsegError(f"the image is {width} x {height} = {width * height / 1e6:.1f} megapixels, over the "
+                           f"limit of {max_pixels / 1e6:g}; split it into smaller images or use `weedseg predict`")
+    try:
+        return read_rgb(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects as well as paths
+    except WeedsegError as exc:
+        raise WeedsegError(f"damaged or unreadable image ({exc.__cause__})") from exc
+
+
+def predict_mask(seg: Segmenter, x: np.ndarray, height: int, width: int, tile: int, overlap: int,
+                 batch_size: int) -> np.ndarray:
+    """(height, width) class mask of a model input x (3, h, w): tiled past `tile` pixels, upsampled to the image.
+
+    At native resolution, finished tile rows go straight into the mask, so memory stays bounded.
+    """
+    multiple = seg.info.size_multiple
+    if x.shape[1:] == (height, width) and max(height, width) > tile:
+        mask = np.empty((height, width), np.uint8)
+
+        def sink(y: int, band: np.ndarray) -> None:
+            mask[y : y + band.shape[1]] = band.argmax(0)
+
+        predict_tiled(x, seg.run, sink, tile, overlap, batch_size, multiple)
+        return mask
+    return upsample_argmax(predict_logits(x, seg.run, tile, overlap, batch_size, multiple), height, width)
+
+
+def segment_rgb(seg: Segmenter, rgb: np.ndarray, short_side: int | None, tile: int, overlap: int,
+                batch_size: int) -> np.ndarray:
+    """Class-index mask (H, W) of an RGB image, computed as `weedseg predict` does (see PredictOptions)."""
+    side = seg.info.input_short_side if short_side is None else short_side
+    x = seg.model_input(resize_short_side(rgb, side))
+    return predict_mask(seg, x, *rgb.shape[:2], tile, overlap, batch_size)
+
+
+def colour_mask(mask: np.ndarray, colors: list[list[int]]) -> np.ndarray:
+    """The class mask painted in the class colours (HxWx3 RGB)."""
+    return np.asarray(colors, np.uint8)[mask]
+
+
+def weed_crop_ratio(row: dict) -> float | None:
+    """Weed pixels per crop pixel from a `mask_stats` row; None without crop pixels or crop/weed classes."""
+    crop, weed = row.get("crop_pct"), row.get("weed_pct")
+    if crop is None or weed is None or crop == 0:
+        return None
+    return round(weed / crop, 3)
+
+
+def cover_grid(cells: list[outputs.GridCell]) -> np.ndarray:
+    """Weed cover in percent as a (rows, cols) array of a `weed_grid`."""
+    grid = np.zeros((cells[-1].row + 1, cells[-1].col + 1), np.float32)
+    for c in cells:
+        grid[c.row, c.col] = c.weed_pct
+    return grid
+
+
+def grid_heatmap(grid: np.ndarray, color: list[int], width: int = 480) -> np.ndarray:
+    """A picture of a cover grid about `width` pixels wide: white at 0 %, `color` at the largest cover,
+    with cell borders and each cell's percent when the cells are big enough to hold it."""
+    rows, cols = grid.shape
+    px = max(4, width // cols)
+    share = grid / grid.max() if grid.max() > 0 else grid
+    tint = 255 - share[..., None] * (255 - np.asarray(color, np.float32))
+    pic = np.ascontiguousarray(np.repeat(np.repeat(tint.astype(np.uint8), px, 0), px, 1))
+    for r in range(rows):
+        for c in range(cols):
+            y, x = r * px, c * px
+            cv2.rectangle(pic, (x, y), (x + px - 1, y + px - 1), (160, 160, 160), 1)
+            if px >= 44:
+                cv2.putText(pic, f"{grid[r, c]:.1f}", (x + 4, y + px // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX,
+                            px / 140, (0, 0, 0), 1, cv2.LINE_AA)
+    return pic
+
+
+def safe_name(name: str, taken: set[str]) -> str:
+    """A display and download name for an uploaded file: no folders, only [A-Za-z0-9._-], its stem unique
+    within `taken` (to which it is added). Never used as a path."""
+    base = re.split(r"[\\/]", name)[-1]
+    stem, dot, ext = base.rpartition(".")
+    if not dot:
+        stem, ext = ext, ""
+    ext = re.sub(r"[^A-Za-z0-9]+", "", ext)[:8]
+    kept = r"[^A-Za-z0-9._-]+" if ext else r"[^A-Za-z0-9_-]+"  # a dot only ever separates the extension
+    stem = re.sub(kept, "_", stem).strip("._")[:80] or "image"
+    unique, n = stem, 2
+    while unique in taken:
+        unique, n = f"{stem}-{n}", n + 1
+    taken.add(unique)
+    return f"{unique}.{ext}" if ext else unique
+
+
+def csv_bytes(rows: list[dict], columns: list[str]) -> bytes:
+    """Rows as CSV with the given columns (missing fields empty, extra fields ignored)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """A zip archive holding `files` (archive name -> content)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def summary_columns(classes: list[str]) -> list[str]:
+    """Columns of the upload page's summary CSV: those of `weedseg predict` plus the weed-to-crop ratio."""
+    columns = outputs.summary_columns(classes)
+    columns.insert(columns.index("mask"), "weed_crop_ratio")
+    return columns
+
+
+@dataclass
+class SegmentedImage:
+    """An uploaded image, its class mask and the summary row `weedseg predict` would write for it."""
+
+    name: str  # from safe_name
+    rgb: np.ndarray
+    mask: np.ndarray
+    grid_cell: int = 0  # the cell size `row` and `cells` were computed for
+    row: dict = field(default_factory=dict)
+    cells: list[outputs.GridCell] = field(default_factory=list)
+
+    @property
+    def stem(self) -> str:
+        return self.name.rpartition(".")[0] or self.name
+
+    def summarize(self, classes: list[str], grid_cell: int) -> None:
+        """Fill `row` and `cells` for a weed grid of `grid_cell` pixels (kept while the cell size stays)."""
+        if grid_cell == self.grid_cell:
+            return
+        row, self.cells = outputs.mask_stats(self.mask, classes, grid_cell)
+        self.row = {"image": self.name, "status": "predicted", **row, "weed_crop_ratio": weed_crop_ratio(row),
+                    "mask": f"{self.stem}.mask.png"}
+        self.grid_cell = grid_cell
+
+    def files(self, colors: list[list[int]], alpha: float) -> dict[str, bytes]:
+        """What `weedseg predict` writes for the image: class mask PNG, overlay JPG and weed grid CSV."""
+        return {f"{self.stem}.mask.png": outputs.encode_image(self.mask, ".png"),
+                f"{self.stem}.overlay.jpg": outputs.encode_image(outputs.overlay(self.rgb, self.mask, colors, alpha), ".jpg"),
+                f"{self.stem}.grid.csv": outputs.grid_csv(self.cells)}
+
+
+def segment_upload(seg: Segmenter, data: bytes, name: str, short_side: int | None, tile: int, overlap: int,
+                   batch_size: int) -> SegmentedImage:
+    """Decode and segment one uploaded image named `name` (from safe_name); WeedsegError with a message
+    for the user if it cannot be."""
+    rgb = decode_image(data)
+    return SegmentedImage(name, rgb, segment_rgb(seg, rgb, short_side, tile, overlap, batch_size))
