@@ -208,6 +208,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
         raise WeedsegError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     if cfg.batch_size % world:
         raise WeedsegError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
+    if not (0 < cfg.mask_ratio < 1 and cfg.partitions >= 1 and cfg.draws >= 1 and cfg.epochs >= 1):
+        raise WeedsegError("need 0 < --mask-ratio < 1 and at least 1 partition, draw and epoch")
 
     if cfg.images:
         paths = find_images(cfg.images)
