@@ -217,7 +217,12 @@ def run_predict(args: argparse.Namespace) -> int:
     seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False)
     options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
                              args.overlay_format, args.overwrite, args.workers)
-    summary = predict_path(args.input, args.out, seg, options)
+    try:
+        summary = predict_path(args.input, args.out, seg, options)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished images are kept (see {Path(args.out) / 'summary.csv'}): "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
     counts = summary.counts()
     print(f"{len(summary.rows)} images in {summary.seconds:.1f} s: {counts['predicted']} predicted, "
           f"{counts['done before']} already done, {counts['failed']} failed; summary: {Path(args.out) / 'summary.csv'}")
