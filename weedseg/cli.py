@@ -231,6 +231,44 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def add_app_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="start the upload-and-segment web page (Streamlit)",
+                       description="Start a web page where field photos are dropped in and segmented with an ONNX "
+                                   "model from models/ (default: weedseg-peanut-default.onnx): overlay, mask, "
+                                   "crop and weed cover, weed grid and downloads. Open the printed address in a "
+                                   "browser; Ctrl-C stops it. See docs/app.md.")
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--address", default="localhost",
+                   help="address to listen on (default localhost; 0.0.0.0 serves other machines too)")
+    p.add_argument("--models", help="folder of ONNX models to offer (default: models/; sets $WEEDSEG_MODELS)")
+    p.set_defaults(func=run_app)
+
+
+def app_command(args: argparse.Namespace) -> list[str]:
+    """The `streamlit run` command line that serves app/weedseg_app.py."""
+    script = Path(__file__).resolve().parents[1] / "app" / "weedseg_app.py"
+    if not script.is_file():
+        raise WeedsegError(f"the app script {script} is missing; `weedseg app` needs a source checkout of weedseg")
+    return [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+            "--server.port", str(args.port), "--server.address", args.address,
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+
+
+def run_app(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise WeedsegError("`weedseg app` needs streamlit: pip install streamlit")
+    cmd = app_command(args)
+    if args.models:
+        if not Path(args.models).is_dir():
+            raise WeedsegError(f"--models: no such folder: {args.models}")
+        os.environ["WEEDSEG_MODELS"] = str(Path(args.models).resolve())
+    print(f"weedseg app: open http://{args.address}:{args.port} in a browser (Ctrl-C stops it)", flush=True)
+    os.execv(cmd[0], cmd)  # streamlit replaces this process, so Ctrl-C and kill reach it directly
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weedseg", description="Crop / weed / soil segmentation for field images.")
     parser.add_argument("--version", action="version", version=f"weedseg {__version__}")
@@ -240,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_predict_parser(sub)
     add_pretrain_parser(sub)
+    add_app_parser(sub)
     return parser
 
 

@@ -1,0 +1,197 @@
+"""weedseg upload page: drop field photos, see where the weeds are. Start it with `weedseg app`.
+
+UI only: decoding, segmentation and summaries live in weedseg.infer.image. The models offered are
+the *.onnx files in models/ (or in the folder named by $WEEDSEG_MODELS); see docs/app.md.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from weedseg.data.io import IMAGE_SUFFIXES
+from weedseg.data.transforms import resize_short_side
+from weedseg.infer import outputs
+from weedseg.infer.image import (MAX_PIXELS, SegmentedImage, colour_mask, cover_grid, csv_bytes, grid_heatmap,
+                                 safe_name, segment_upload, summary_columns, zip_bytes)
+from weedseg.infer.pipeline import PredictOptions, failure
+from weedseg.infer.session import DEFAULT_MODEL, Segmenter
+
+MODELS_ENV = "WEEDSEG_MODELS"
+PREVIEW_SHORT_SIDE = 720  # pictures on the page are shrunk to this; downloads keep full resolution
+OPTIONS = PredictOptions()  # the same resolution, tiling and grid defaults as `weedseg predict`
+SHOWN = {"image": "Image", "status": "Status", "crop_pct": "Crop %", "weed_pct": "Weed %", "weed_crop_ratio": "Weed : crop",
+         "weed_cells": "Cells with weeds", "max_cell_weed_pct": "Most weed in a cell %", "error": "Problem"}
+
+
+@st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
+def load_segmenter(path: str, mtime: float) -> Segmenter:
+    """The ONNX session of a model file, loaded once per file version for all visitors."""
+    return Segmenter(path)
+
+
+def choose_model() -> Segmenter:
+    """Sidebar model selector over the *.onnx files of the models folder; stops the page if none loads."""
+    folder = Path(os.environ.get(MODELS_ENV) or DEFAULT_MODEL.parent)
+    models = sorted(folder.glob("*.onnx"))
+    if not models:
+        st.error(f"No model found: put an ONNX model from `weedseg export` in {folder} "
+                 f"(the default is {DEFAULT_MODEL.name}), or start with `weedseg app --models FOLDER`.")
+        st.stop()
+    names = [m.name for m in models]
+    default = names.index(DEFAULT_MODEL.name) if DEFAULT_MODEL.name in names else 0
+    name = st.sidebar.selectbox("Model", names, index=default, help=f"ONNX models in {folder}")
+    path = folder / name
+    try:
+        return load_segmenter(str(path), path.stat().st_mtime)
+    except Exception as exc:  # noqa: BLE001 - any unusable model gets a message, not a traceback
+        st.error(f"Cannot use the model {name}: {failure(exc)['error']}")
+        st.stop()
+
+
+def legend(classes: list[str], colors: list[list[int]]) -> None:
+    """One coloured square per class, in the model's class colours."""
+    swatch = ('<span style="display:inline-block;width:0.9em;height:0.9em;margin:0 0.3em 0 1em;'
+              'vertical-align:middle;border:1px solid #777;background:rgb({},{},{})"></span>{}')
+    items = "".join(swatch.format(*color, html.escape(name)) for name, color in zip(classes, colors))
+    st.markdown(f'<div class="weedseg-legend"><b>Legend</b>{items}</div>', unsafe_allow_html=True)
+
+
+def segment_all(seg: Segmenter, files: list) -> list[tuple[str, SegmentedImage | str]]:
+    """(name, result or error message) per uploaded file, segmenting only files not seen before."""
+    done: dict = st.session_state.setdefault("results", {})
+    taken: set[str] = set()
+    results, keep = [], set()
+    progress = st.progress(0.0) if files else None
+    for i, f in enumerate(files):
+        name = safe_name(f.name, taken)
+        key = (str(seg.path), f.file_id, name)
+        if key not in done:
+            progress.progress(i / len(files), text=f"Segmenting {name} ({i + 1} of {len(files)}) ...")
+            try:
+                done[key] = segment_upload(seg, f.getvalue(), name, OPTIONS.short_side, OPTIONS.tile,
+                                           OPTIONS.overlap, OPTIONS.batch_size)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not break the page for the others
+                done[key] = failure(exc)["error"]
+        keep.add(key)
+        results.append((name, done[key]))
+    for key in set(done) - keep:  # forget files the user removed
+        del done[key]
+    if progress is not None:
+        progress.empty()
+    return results
+
+
+def show_numbers(res: SegmentedImage, classes: list[str]) -> None:
+    """Cover of every class but the first (soil), the weed-to-crop ratio and the cells with weeds."""
+    row = res.row
+    cols = iter(st.columns(len(classes) + 1))
+    for c in classes[1:]:
+        next(cols).metric(f"{c.capitalize()} cover", f"{row[f'{c}_pct']:.1f} %")
+    if "crop" in classes and "weed" in classes:
+        ratio = row["weed_crop_ratio"]
+        next(cols).metric("Weed : crop", "no crop" if ratio is None else f"{ratio:.2f}",
+                          help="weed pixels per crop pixel")
+    if res.cells:
+        next(cols).metric("Cells with weeds", f"{row['weed_cells']} of {len(res.cells)}",
+                          help=f"grid cells of {res.grid_cell} x {res.grid_cell} pixels holding any weed")
+
+
+def show_grid(res: SegmentedImage, weed_color: list[int]) -> None:
+    """The weed cover grid as a heat-map picture and a table of percentages."""
+    grid = cover_grid(res.cells)
+    left, right = st.columns([2, 3])
+    left.image(grid_heatmap(grid, weed_color, width=360), width="content",
+               caption=f"Weed cover per {res.grid_cell} px cell, in % (strongest colour: {grid.max():.1f} %)")
+    table = pd.DataFrame(grid, index=[f"row {r}" for r in range(grid.shape[0])],
+                         columns=[f"col {c}" for c in range(grid.shape[1])])
+    right.dataframe(table.round(1))
+
+
+def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
+    """Numbers, the three pictures with an opacity slider, the weed grid and downloads of one image;
+    returns the chosen overlay opacity."""
+    info = seg.info
+    show_numbers(res, info.classes)
+    alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
+    side = min(PREVIEW_SHORT_SIDE, *res.rgb.shape[:2])
+    rgb, mask = resize_short_side(res.rgb, side), resize_short_side(res.mask, side, nearest=True)
+    for col, picture, caption in zip(st.columns(3), [rgb, outputs.overlay(rgb, mask, info.colors, alpha),
+                                                     colour_mask(mask, info.colors)],
+                                     ["Original", "Overlay", "Mask"]):
+        col.image(picture, caption=caption, width="stretch")
+    if res.cells:
+        show_grid(res, info.colors[info.classes.index("weed")])
+    files = partial(res.files, info.colors, alpha)
+    for col, (suffix, label, mime) in zip(st.columns(3), [(".mask.png", "Mask PNG", "image/png"),
+                                                        (".overlay.jpg", "Overlay JPG", "image/jpeg"),
+                                                        (".grid.csv", "Weed grid CSV", "text/csv")]):
+        file_name = res.stem + suffix
+        if suffix == ".grid.csv" and not res.cells:
+            continue
+        col.download_button(label, data=lambda n=file_name: files()[n], file_name=file_name, mime=mime,
+                            on_click="ignore", key=f"dl{suffix}-{key}", icon=":material/download:")
+    return alpha
+
+
+def show_summary(results: list[tuple[str, SegmentedImage | str]], seg: Segmenter, alphas: dict[str, float]) -> None:
+    """The table of all images with the summary CSV and a zip of everything (overlays at their chosen opacity)."""
+    info = seg.info
+    rows = [r.row if isinstance(r, SegmentedImage) else {"image": n, "status": "failed", "error": r}
+            for n, r in results]
+    st.subheader("All images")
+    columns = summary_columns(info.classes)
+    table = pd.DataFrame(rows).reindex(columns=[c for c in SHOWN if c in columns]).rename(columns=SHOWN)
+    st.dataframe(table, hide_index=True)
+    summary = csv_bytes(rows, columns)
+    left, right = st.columns(2)
+    left.download_button("Summary CSV", summary, "summary.csv", "text/csv", on_click="ignore",
+                         icon=":material/table:")
+
+    def everything() -> bytes:
+        files = {"summary.csv": summary}
+        for name, res in results:
+            if isinstance(res, SegmentedImage):
+                files.update(res.files(info.colors, alphas[name]))
+        return zip_bytes(files)
+
+    right.download_button("Everything (zip)", everything, "weedseg-results.zip", "application/zip",
+                          on_click="ignore", icon=":material/folder_zip:")
+
+
+def main() -> None:
+    """The page."""
+    st.set_page_config(page_title="weedseg: where are the weeds?", page_icon=":seedling:", layout="wide")
+    st.title("Where are the weeds?")
+    seg = choose_model()
+    info = seg.info
+    grid_cell = st.sidebar.number_input("Weed grid cell (pixels)", 16, 4096, OPTIONS.grid_cell, 16,
+                                        help="cell size of the weed cover grid, e.g. a spot-sprayer's nozzle footprint")
+    st.sidebar.caption(f"{info.model_name}, {info.precision}, classes {', '.join(info.classes)}; images are "
+                       f"segmented at a short side of {info.input_short_side or 'full'} px. Limit: "
+                       f"{MAX_PIXELS / 1e6:g} megapixels per image.")
+    st.write("Drop field photos below. Each one is segmented into "
+             f"{', '.join(info.classes)}; the numbers are shares of the image's pixels.")
+    legend(info.classes, info.colors)
+    files = st.file_uploader("Field photos (JPG, PNG, TIFF)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES],
+                             accept_multiple_files=True)
+    results = segment_all(seg, files or [])
+    alphas = {}
+    for name, res in results:
+        with st.container(border=True):
+            st.subheader(name)
+            if isinstance(res, str):
+                st.error(f"`{name}` could not be segmented: {res}")
+                continue
+            res.summarize(info.classes, int(grid_cell))
+            alphas[name] = show_result(res, seg, name)
+    if results:
+        show_summary(results, seg, alphas)
+
+
+main()
