@@ -64,14 +64,14 @@ def test_upload_shows_results_and_bad_files_their_message(models, photo, monkeyp
     at = start_app(models, monkeypatch)
     assert "soil" in at.markdown[-1].value and "weed" in at.markdown[-1].value  # the legend
     jpg = photo.read_bytes()
-    ok, png = cv2.imencode(".png", cv2.imread(str(photo))[:300, :400])
+    _, tif = cv2.imencode(".tif", cv2.imread(str(photo))[:300, :400])
     at.file_uploader[0].set_value([("../../etc/field 1.jpg", jpg, "image/jpeg"),
                                    ("notes.jpg", b"these are not pixels", "image/jpeg"),
                                    ("half.jpg", jpg[: len(jpg) // 3], "image/jpeg"),
                                    ("huge.png", png_header(9000, 6000), "image/png"),
-                                   ("crop.png", png.tobytes(), "image/png")]).run()
+                                   ("crop.tif", tif.tobytes(), "image/tiff")]).run()
     assert not at.exception
-    assert [s.value for s in at.subheader] == ["field_1.jpg", "notes.jpg", "half.jpg", "huge.png", "crop.png",
+    assert [s.value for s in at.subheader] == ["field_1.jpg", "notes.jpg", "half.jpg", "huge.png", "crop.tif",
                                                "All images"]
     errors = [e.value for e in at.error]
     assert len(errors) == 3
@@ -85,7 +85,7 @@ def test_upload_shows_results_and_bad_files_their_message(models, photo, monkeyp
     assert labels == ["Crop cover", "Weed cover", "Weed : crop", "Cells with weeds"] * 2
     assert at.metric[3].value.endswith("of 12")  # 960 x 720 in 256 px cells: 4 x 3
     summary = at.dataframe[-1].value
-    assert list(summary["Image"]) == ["field_1.jpg", "notes.jpg", "half.jpg", "huge.png", "crop.png"]
+    assert list(summary["Image"]) == ["field_1.jpg", "notes.jpg", "half.jpg", "huge.png", "crop.tif"]
     assert list(summary["Status"]) == ["predicted", "failed", "failed", "failed", "predicted"]
     crop = float(at.metric[0].value.rstrip(" %"))
     assert summary["Crop %"][0] == pytest.approx(crop, abs=0.05)
