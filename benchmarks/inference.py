@@ -5,7 +5,9 @@
 Exports the checkpoint to ONNX FP32 and INT8 (scoring both on the val split), then measures
 images/s of torch eager, ONNX Runtime FP32 and ONNX Runtime INT8 at 960x720 and 512x512
 (batch 1, median of --runs passes over --images real images), and the `weedseg predict` folder
-pipeline against the bare session on the same images (model resolution, same batch size).
+pipeline (decode, resize, infer, upsample, write mask/overlay/grid) against the bare session
+(session.run on already prepared batches) on the same images, at the model's input resolution
+and at native resolution.
 Prints a Markdown table and writes the numbers as JSON.
 """
 
@@ -101,27 +103,28 @@ def main() -> int:
         }
         results["engines"][label] = {k: {"runs": v, "median": statistics.median(v)} for k, v in rates.items()}
 
-    # folder pipeline vs bare session, at the model's input resolution
+    # folder pipeline vs bare session: at the model's input resolution and at native resolution
     folder = tmp / "images"
     folder.mkdir()
     for s in samples[: args.pipeline_images]:
         (folder / s.image.name).symlink_to(s.image.resolve())
-    n = len(list(folder.iterdir()))
+    paths = sorted(folder.iterdir())
     results["pipeline"] = {}
     for name, seg in (("ORT FP32", fp32), ("ORT INT8", int8)):
         piped = Segmenter(seg.path, device="cpu", threads=args.threads, spin=False)  # as `weedseg predict` runs it
-        prepared = [pad_to_multiple(seg.model_input(resize_short_side(read_rgb(p), seg.info.input_short_side)), 32)
-                    for p in sorted(folder.iterdir())]
-        batches = [np.stack(prepared[i : i + args.batch_size]) for i in range(0, n, args.batch_size)]
-        bare = images_per_s(seg.run, batches[:-1], args.runs, per_call=args.batch_size)
-        options = PredictOptions(batch_size=args.batch_size, overwrite=True)
-        pipe = []
-        for _ in range(args.runs + 1):
-            summary = predict_path(folder, tmp / "out", piped, options, progress=False)
-            pipe.append(n / summary.seconds)
-        pipe = pipe[1:]  # the first run warms caches
-        results["pipeline"][name] = {"bare session": {"runs": bare, "median": statistics.median(bare)},
-                                     "pipeline": {"runs": pipe, "median": statistics.median(pipe)}}
+        for short_side in (seg.info.input_short_side, 0):
+            prepared = [pad_to_multiple(seg.model_input(resize_short_side(read_rgb(p), short_side)), 32) for p in paths]
+            batches = [np.stack(prepared[i : i + args.batch_size]) for i in range(0, len(paths), args.batch_size)]
+            bare = images_per_s(seg.run, batches[:-1], args.runs, per_call=args.batch_size)
+            options = PredictOptions(short_side=short_side, batch_size=args.batch_size, overwrite=True)
+            pipe = []
+            for _ in range(args.runs + 1):
+                summary = predict_path(folder, tmp / "out", piped, options, progress=False)
+                pipe.append(len(paths) / summary.seconds)
+            pipe = pipe[1:]  # the first run warms caches
+            results["pipeline"][f"{name}, short side {short_side or 'native'}"] = {
+                "bare session": {"runs": bare, "median": statistics.median(bare)},
+                "pipeline": {"runs": pipe, "median": statistics.median(pipe)}}
     results["load_after"] = os.getloadavg()[0]
 
     print(f"checkpoint {args.checkpoint} ({results['model']}), {results['cores']} cores, {args.threads} threads, "
@@ -134,7 +137,8 @@ def main() -> int:
         base = engines["torch eager"]["median"]
         for name, r in engines.items():
             print(f"| {label} | {name} | {r['median']:.2f} | {r['median'] / base:.2f}x |")
-    print("\n| model | bare session images/s | pipeline images/s | pipeline / bare |")
+    print(f"\n| model, resolution ({len(paths)} images, batch {args.batch_size}) | bare session images/s "
+          "| pipeline images/s | pipeline / bare |")
     print("|---|---|---|---|")
     for name, r in results["pipeline"].items():
         b, p = r["bare session"]["median"], r["pipeline"]["median"]
