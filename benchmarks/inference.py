@@ -39,16 +39,24 @@ from weedseg.infer.session import Segmenter, cpu_count
 from weedseg.infer.tiling import pad_to_multiple
 
 
-def images_per_s(fn, inputs: list[np.ndarray], runs: int, per_call: int = 1) -> list[float]:
-    """Throughput of `fn` over `inputs` (one warm-up pass, then `runs` timed passes)."""
-    for x in inputs[:2]:
+def images_per_s(fn, inputs: list[np.ndarray], per_call: int = 1) -> float:
+    """Throughput of one timed pass of `fn` over `inputs`."""
+    start = time.perf_counter()
+    for x in inputs:
         fn(x)
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for x in inputs:
+    return len(inputs) * per_call / (time.perf_counter() - start)
+
+
+def interleaved(fns: dict, inputs: list[np.ndarray], runs: int, per_call: int = 1) -> dict[str, list[float]]:
+    """`runs` timed passes of every function, taken in turns (one warm-up pass each first), so a
+    load change on a shared machine hits all of them alike."""
+    for fn in fns.values():
+        for x in inputs[:2]:
             fn(x)
-        rates.append(len(inputs) * per_call / (time.perf_counter() - start))
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            rates[name].append(images_per_s(fn, inputs, per_call))
     return rates
 
 
@@ -96,11 +104,7 @@ def main() -> int:
 
     for label, crop in (("960x720", lambda im: im), ("512x512", lambda im: center_crop(im, 512))):
         inputs = [fp32.model_input(crop(im))[None] for im in rgbs]
-        rates = {
-            "torch eager": images_per_s(torch_eager, inputs, args.runs),
-            "ORT FP32": images_per_s(fp32.run, inputs, args.runs),
-            "ORT INT8": images_per_s(int8.run, inputs, args.runs),
-        }
+        rates = interleaved({"torch eager": torch_eager, "ORT FP32": fp32.run, "ORT INT8": int8.run}, inputs, args.runs)
         results["engines"][label] = {k: {"runs": v, "median": statistics.median(v)} for k, v in rates.items()}
 
     # folder pipeline vs bare session: at the model's input resolution and at native resolution
@@ -115,13 +119,18 @@ def main() -> int:
         for short_side in (seg.info.input_short_side, 0):
             prepared = [pad_to_multiple(seg.model_input(resize_short_side(read_rgb(p), short_side)), 32) for p in paths]
             batches = [np.stack(prepared[i : i + args.batch_size]) for i in range(0, len(paths), args.batch_size)]
-            bare = images_per_s(seg.run, batches[:-1], args.runs, per_call=args.batch_size)
             options = PredictOptions(short_side=short_side, batch_size=args.batch_size, overwrite=True)
-            pipe = []
-            for _ in range(args.runs + 1):
-                summary = predict_path(folder, tmp / "out", piped, options, progress=False)
-                pipe.append(len(paths) / summary.seconds)
-            pipe = pipe[1:]  # the first run warms caches
+
+            def pipeline(_: object) -> None:
+                predict_path(folder, tmp / "out", piped, options, progress=False)
+
+            def bare_session(_: object) -> None:
+                for b in batches:
+                    seg.run(b)
+
+            # one "call" = the whole folder; the first pass of each is the warm-up
+            rates = interleaved({"bare session": bare_session, "pipeline": pipeline}, [None], args.runs, len(paths))
+            bare, pipe = rates["bare session"], rates["pipeline"]
             results["pipeline"][f"{name}, short side {short_side or 'native'}"] = {
                 "bare session": {"runs": bare, "median": statistics.median(bare)},
                 "pipeline": {"runs": pipe, "median": statistics.median(pipe)}}
