@@ -35,7 +35,8 @@ def write_images(folder: Path, n: int = 12, seed: int = 0) -> Path:
 def tiny_config(images: Path, out: Path, **overrides) -> PretrainConfig:
     """A pretraining run of a few seconds on `images`."""
     values = dict(images=str(images), out=str(out), epochs=2, partitions=3, batch_size=2, crop=32,
-                  score_short_side=32, warmup_epochs=1, save_every=2, pictures=2, workers=0, cells=64)
+                  score_short_side=32, warmup_epochs=1, save_every=2, pictures=2, workers=0, cells=64,
+                  loss="l1+msssim")
     return PretrainConfig(**{**values, **overrides})
 
 

@@ -1,10 +1,13 @@
 """Reconstruction losses over the whole image, and the per-cell loss that selective masking ranks.
 
 Images arrive normalised (per-channel mean 0, std 1). L1 is taken on the normalised tensors; SSIM
-and MS-SSIM on the same images mapped back to [0, 1] pixels (data range 1, the usual constants),
-with an 11-tap Gaussian window (sigma 1.5) and replicate padding, so maps keep the image size.
-MS-SSIM uses up to 5 scales and drops the coarsest ones that would be smaller than the window
-(256 px keeps all 5: 256, 128, 64, 32, 16), renormalising the standard scale weights.
+and MS-SSIM on the same images mapped back to [0, 1] pixels (data range 1, the usual constants);
+maps keep the image size (windows are cut at the border).
+- MS-SSIM: the standard 11-tap Gaussian window (sigma 1.5), up to 5 scales; scales smaller than
+  the window are dropped (256 px keeps all 5: 256, 128, 64, 32, 16) and the weights renormalised.
+- SSIM (the `l1+ssim` loss and every per-cell score): a 3 x 3 uniform window, as the reference
+  code's selective runs use. It keeps a cell's score about that cell (an 11-tap window reaches 5 px
+  into the neighbours of a 12 px cell) and costs a fraction of the Gaussian on a CPU.
 """
 
 from __future__ import annotations
@@ -17,37 +20,46 @@ from torch import nn
 
 RECON_LOSSES = ("l1+msssim", "l1+ssim", "l1")
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-WINDOW, SIGMA = 11, 1.5
+GAUSSIAN, SIGMA = 11, 1.5  # MS-SSIM window
 C1, C2 = 0.01**2, 0.03**2
 
 
-def _blur(x: torch.Tensor, window: int = WINDOW, sigma: float = SIGMA) -> torch.Tensor:
-    """Separable Gaussian filter per channel, replicate-padded to keep the size."""
-    t = torch.arange(window, dtype=x.dtype, device=x.device) - (window - 1) / 2
-    g = torch.exp(-(t**2) / (2 * sigma**2))
+def _gaussian_blur(x: torch.Tensor) -> torch.Tensor:
+    """Separable 11-tap Gaussian filter per channel, replicate-padded to keep the size."""
+    t = torch.arange(GAUSSIAN, dtype=x.dtype, device=x.device) - (GAUSSIAN - 1) / 2
+    g = torch.exp(-(t**2) / (2 * SIGMA**2))
     g = (g / g.sum()).repeat(x.shape[1], 1, 1, 1)  # (C, 1, 1, window)
-    pad = window // 2
+    pad = GAUSSIAN // 2
     x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="replicate"), g, groups=x.shape[1])
     return F.conv2d(F.pad(x, (0, 0, pad, pad), mode="replicate"), g.transpose(2, 3), groups=x.shape[1])
 
 
-def ssim_maps(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel SSIM and contrast-structure maps, both (B, C, H, W), of images in [0, 1]."""
-    mu_x, mu_y = _blur(x), _blur(y)
-    var_x = _blur(x * x) - mu_x**2
-    var_y = _blur(y * y) - mu_y**2
-    cov = _blur(x * y) - mu_x * mu_y
+def _box3(x: torch.Tensor) -> torch.Tensor:
+    """3 x 3 mean, over the pixels inside the image at the border."""
+    return F.avg_pool2d(x, 3, 1, padding=1, count_include_pad=False)
+
+
+def ssim_maps(x: torch.Tensor, y: torch.Tensor, gaussian: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel SSIM and contrast-structure maps, both (B, C, H, W), of images in [0, 1].
+
+    The window is 3 x 3 uniform, or the 11-tap Gaussian when `gaussian` (MS-SSIM).
+    """
+    blur = _gaussian_blur if gaussian else _box3
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
     cs = (2 * cov + C2) / (var_x + var_y + C2)
     return (2 * mu_x * mu_y + C1) / (mu_x**2 + mu_y**2 + C1) * cs, cs
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Multi-scale SSIM per image (B,), averaged over channels, of images in [0, 1]."""
-    scales = max(1, min(len(MS_SSIM_WEIGHTS), 1 + int(math.log2(min(x.shape[-2:]) / WINDOW))))
+    scales = max(1, min(len(MS_SSIM_WEIGHTS), 1 + int(math.log2(min(x.shape[-2:]) / GAUSSIAN))))
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
     values = []
     for s in range(scales):
-        ssim, cs = ssim_maps(x, y)
+        ssim, cs = ssim_maps(x, y, gaussian=True)
         values.append((ssim if s == scales - 1 else cs).mean((2, 3)))
         x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
     stacked = torch.stack(values).clamp_min(1e-6)  # (scales, B, C); negative structure counts as none
@@ -80,7 +92,7 @@ class ReconstructionLoss(nn.Module):
     def per_cell(self, pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, num_cells: int) -> torch.Tensor:
         """Mean loss inside each cell, (B, num_cells): L1 + (1 - SSIM map) (just L1 for kind 'l1').
 
-        MS-SSIM has no full-resolution map, so both SSIM kinds score cells with single-scale SSIM.
+        MS-SSIM has no full-resolution map, so both SSIM kinds score cells with the 3 x 3 SSIM map.
         `labels` (H, W) holds each pixel's cell index (`Grid.labels`).
         """
         pred = pred.float()
