@@ -31,9 +31,12 @@ endif
 
 setup: $(BIN)/weedseg
 
+# The main job on the shipped default model: segment the peanut photos, then score the model on
+# the test split. Data: $(WEEDSEG_DATA)/peanut, else ../shared/field_data/peanut.
+DATA ?= $(or $(WEEDSEG_DATA),../shared/field_data)
 demo: setup
-	$(BIN)/weedseg train --dataset peanut --budget cpu --epochs 3 --out runs/demo --overwrite
-	$(BIN)/weedseg evaluate runs/demo/best.pt --dataset peanut --split test
+	$(BIN)/weedseg predict $(DATA)/peanut/images --out runs/demo
+	$(BIN)/weedseg evaluate models/weedseg-peanut-default.pt --dataset peanut --split test --out runs/demo/test-metrics.json
 
 # The browser test (tests/test_app_browser.py) needs Chromium: installed with apt-get where it can be
 # (Debian CI runs as root); elsewhere that test is skipped.
