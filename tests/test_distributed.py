@@ -12,7 +12,8 @@ import torch
 
 from weedseg.checkpoint import load_checkpoint, model_from_checkpoint
 from weedseg.data import SeededSampler
-from weedseg.data.unlabeled import find_images, open_images
+from weedseg.data.io import find_images
+from weedseg.data.unlabeled import open_images
 from weedseg.ssl.masking import top_cells
 from weedseg.ssl.pretrain import PretrainConfig, score_cells
 

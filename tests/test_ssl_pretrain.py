@@ -13,7 +13,8 @@ from torch import nn
 
 from weedseg import WeedsegError
 from weedseg.checkpoint import load_checkpoint
-from weedseg.data.unlabeled import UnlabeledImages, find_images, open_images
+from weedseg.data.io import find_images
+from weedseg.data.unlabeled import open_images
 from weedseg.ssl.losses import ReconstructionLoss, ms_ssim, ssim_maps
 from weedseg.ssl.pretrain import PretrainConfig, pretrain, score_cells
 from weedseg.ssl.masking import top_cells

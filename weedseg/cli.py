@@ -14,6 +14,14 @@ from .losses import LOSSES
 from .models import MODELS
 
 
+def config_from_args(config_cls: type, presets: dict[str, dict], args: argparse.Namespace, default_out: str):
+    """A run config: the --budget preset, overridden by every flag the user gave (flags default to None)."""
+    values = {**presets[args.budget], "out": args.out or default_out}
+    values.update({f.name: getattr(args, f.name) for f in fields(config_cls)
+                   if getattr(args, f.name, None) is not None and f.name != "out"})
+    return config_cls(**values)
+
+
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from .train import PRESETS, TrainConfig
 
@@ -55,11 +63,9 @@ def run_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .train import PRESETS, TrainConfig, train
 
-    values = {**PRESETS[args.budget], "out": args.out or f"runs/{args.dataset}-{args.budget}"}
-    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                   if getattr(args, f.name, None) is not None and f.name != "out"})
+    cfg = config_from_args(TrainConfig, PRESETS, args, f"runs/{args.dataset}-{args.budget}")
     try:
-        train(TrainConfig(**values), resume=args.resume, overwrite=args.overwrite)
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         distributed.shutdown()
     return 0
@@ -141,11 +147,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from .ssl.pretrain import PRESETS, PretrainConfig, pretrain
 
     source = Path(args.images).name if args.images else args.dataset
-    values = {**PRESETS[args.budget], "out": args.out or f"runs/pretrain-{args.method}-{source}-{args.budget}"}
-    values.update({f.name: getattr(args, f.name) for f in fields(PretrainConfig)
-                   if getattr(args, f.name, None) is not None and f.name != "out"})
+    cfg = config_from_args(PretrainConfig, PRESETS, args, f"runs/pretrain-{args.method}-{source}-{args.budget}")
     try:
-        pretrain(PretrainConfig(**values), resume=args.resume, overwrite=args.overwrite)
+        pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         distributed.shutdown()
     return 0

@@ -13,6 +13,26 @@ from .. import WeedsegError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
+def find_images(path: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """`path` itself if it is a file, else every image below the folder (recursively, sorted).
+
+    Hidden files and anything under `exclude` are skipped; a missing path or a folder without
+    images is a WeedsegError.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise WeedsegError(f"input not found: {path}")
+    skip = Path(exclude).resolve() if exclude else None
+    found = [p for p in sorted(path.rglob("*"))
+             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+             and not (skip and p.resolve().is_relative_to(skip))]
+    if not found:
+        raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
+    return found
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image as HxWx3 uint8 RGB: EXIF orientation applied; grey, RGBA and 16-bit converted."""
     try:

@@ -95,6 +95,8 @@ class EvalResize:
 
 def normalize(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW float tensor, scaled to [0, 1] then standardised per channel."""
+    if not image.flags.writeable:  # cached decodes are read-only; torch wants a writable buffer
+        image = image.copy()
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)

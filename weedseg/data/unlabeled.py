@@ -9,19 +9,7 @@ from tqdm import tqdm
 
 from .. import WeedsegError
 from .dataset import CACHE_LIMIT_BYTES
-from .io import IMAGE_SUFFIXES, read_rgb
-
-
-def find_images(root: str | Path) -> list[Path]:
-    """Every image file under `root` (searched recursively, any mix of suffixes, hidden files skipped), sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise WeedsegError(f"image folder not found: {root}")
-    paths = sorted(p for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-    if not paths:
-        raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
-    return paths
+from .io import read_rgb
 
 
 class UnlabeledImages:

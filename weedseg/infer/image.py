@@ -21,7 +21,7 @@ from ..data.io import read_rgb
 from ..data.transforms import resize_short_side
 from . import outputs
 from .session import Segmenter
-from .tiling import predict_logits, predict_tiled, upsample_argmax
+from .tiling import predict_mask
 
 MAX_PIXELS = 50_000_000  # larger uploads are refused before their pixels are decoded
 
@@ -48,30 +48,12 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise WeedsegError(f"damaged or unreadable image ({exc.__cause__})") from exc
 
 
-def predict_mask(seg: Segmenter, x: np.ndarray, height: int, width: int, tile: int, overlap: int,
-                 batch_size: int) -> np.ndarray:
-    """(height, width) class mask of a model input x (3, h, w): tiled past `tile` pixels, upsampled to the image.
-
-    At native resolution, finished tile rows go straight into the mask, so memory stays bounded.
-    """
-    multiple = seg.info.size_multiple
-    if x.shape[1:] == (height, width) and max(height, width) > tile:
-        mask = np.empty((height, width), np.uint8)
-
-        def sink(y: int, band: np.ndarray) -> None:
-            mask[y : y + band.shape[1]] = band.argmax(0)
-
-        predict_tiled(x, seg.run, sink, tile, overlap, batch_size, multiple)
-        return mask
-    return upsample_argmax(predict_logits(x, seg.run, tile, overlap, batch_size, multiple), height, width)
-
-
 def segment_rgb(seg: Segmenter, rgb: np.ndarray, short_side: int | None, tile: int, overlap: int,
                 batch_size: int) -> np.ndarray:
     """Class-index mask (H, W) of an RGB image, computed as `weedseg predict` does (see PredictOptions)."""
     side = seg.info.input_short_side if short_side is None else short_side
     x = seg.model_input(resize_short_side(rgb, side))
-    return predict_mask(seg, x, *rgb.shape[:2], tile, overlap, batch_size)
+    return predict_mask(x, seg.run, *rgb.shape[:2], tile, overlap, batch_size, seg.info.size_multiple)
 
 
 def colour_mask(mask: np.ndarray, colors: list[list[int]]) -> np.ndarray:

@@ -20,11 +20,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import WeedsegError
-from ..data.io import IMAGE_SUFFIXES, read_rgb
+from ..data.io import find_images, read_rgb
 from ..data.transforms import resize_short_side
 from . import outputs
 from .session import Segmenter, cpu_count
-from .tiling import predict_logits, predict_tiled, run_padded, upsample_argmax
+from .tiling import predict_logits, predict_mask, run_padded, upsample_argmax
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +81,6 @@ class RunSummary:
 
     def counts(self) -> Counter:
         return Counter(r["status"] for r in self.rows)
-
-
-def find_images(input_path: Path, exclude: Path | None = None) -> list[Path]:
-    """`input_path` itself, or every image below the folder (recursively, sorted), skipping `exclude`."""
-    if input_path.is_file():
-        return [input_path]
-    if not input_path.is_dir():
-        raise WeedsegError(f"input not found: {input_path}")
-    exclude = exclude.resolve() if exclude else None
-    found = []
-    for p in sorted(input_path.rglob("*")):
-        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith(".") or not p.is_file():
-            continue
-        if exclude and p.resolve().is_relative_to(exclude):
-            continue
-        found.append(p)
-    return found
 
 
 def plan_jobs(images: list[Path], input_path: Path, out: Path, overlay_format: str) -> list[Job]:
@@ -160,15 +143,9 @@ class Predictor:
         """Tiled prediction; at native resolution finished rows go straight into the mask (bounded memory)."""
         o, m = self.opt, self.seg.info.size_multiple
         h, w = item.x.shape[1:]
-        if (h, w) != item.rgb.shape[:2]:
+        if (h, w) != item.rgb.shape[:2]:  # upsampled later, in a writer thread
             return predict_logits(item.x, self.seg.run, o.tile, o.overlap, o.batch_size, m), None
-        mask = np.empty((h, w), np.uint8)
-
-        def sink(y: int, band: np.ndarray) -> None:
-            mask[y : y + band.shape[1]] = band.argmax(0)
-
-        predict_tiled(item.x, self.seg.run, sink, o.tile, o.overlap, o.batch_size, m)
-        return None, mask
+        return None, predict_mask(item.x, self.seg.run, h, w, o.tile, o.overlap, o.batch_size, m)
 
     def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True) -> None:
         """Predict every job (skipping done ones unless overwrite); `on_row` gets each image's summary row."""
@@ -268,8 +245,6 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
     if input_path.is_dir() and out.resolve() == input_path.resolve():
         raise WeedsegError("--out must not be the input folder; choose another folder (it may be inside it)")
     images = find_images(input_path, exclude=out)
-    if not images:
-        raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {input_path}")
     jobs = plan_jobs(images, input_path, out, options.overlay_format)
     predictor = Predictor(seg, options)
     rows: dict[int, dict] = {}

@@ -88,6 +88,23 @@ def predict_logits(x: np.ndarray, run: RunBatch, tile: int, overlap: int, batch_
     return np.concatenate(bands, axis=1)
 
 
+def predict_mask(x: np.ndarray, run: RunBatch, height: int, width: int, tile: int, overlap: int,
+                 batch_size: int, multiple: int) -> np.ndarray:
+    """(height, width) class mask of a model input x (3, h, w): tiled past `tile` pixels, upsampled to the image.
+
+    At native resolution, finished tile rows go straight into the mask, so memory stays bounded.
+    """
+    if x.shape[1:] == (height, width) and max(height, width) > tile:
+        mask = np.empty((height, width), np.uint8)
+
+        def sink(y: int, band: np.ndarray) -> None:
+            mask[y : y + band.shape[1]] = band.argmax(0)
+
+        predict_tiled(x, run, sink, tile, overlap, batch_size, multiple)
+        return mask
+    return upsample_argmax(predict_logits(x, run, tile, overlap, batch_size, multiple), height, width)
+
+
 def upsample_argmax(logits: np.ndarray, height: int, width: int, strip_rows: int = 512) -> np.ndarray:
     """(H, W) uint8 class map of (C, h, w) logits bilinearly resized to height x width.
 

@@ -32,7 +32,8 @@ from .. import WeedsegError, distributed
 from ..checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from ..data import SeededSampler, TrainAugment, channel_stats, open_dataset
 from ..data.transforms import normalize, resize_short_side
-from ..data.unlabeled import UnlabeledImages, find_images, open_images
+from ..data.io import find_images
+from ..data.unlabeled import UnlabeledImages, open_images
 from ..models import count_parameters, create_model
 from ..train import auto_workers, warmup_cosine
 from .losses import ReconstructionLoss
