@@ -108,7 +108,9 @@ def test_upload_a_field_photo_in_a_real_browser(app_url, browser, peanut_root, t
     browser.get(app_url)
     wait = WebDriverWait(browser, 60, poll_frequency=0.3)
     upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
-    assert "Legend" in browser.find_element(By.CLASS_NAME, "weedseg-legend").text
+    # Streamlit paints the page element by element: wait for the legend as for the uploader
+    legend = wait.until(lambda d: d.find_element(By.CLASS_NAME, "weedseg-legend"))
+    wait.until(lambda d: "Legend" in legend.text)
     upload.send_keys(str(photo))
 
     def captions(d) -> list[str]:
