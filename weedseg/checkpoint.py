@@ -55,8 +55,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise WeedsegError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, not a torch file, or unsafe content
-        raise WeedsegError(f"{path} is not a readable weedseg checkpoint ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # corrupt file, not a torch file, or content that is unsafe to unpickle
+        hint = " ONNX models are used with `weedseg predict --model`." if path.suffix == ".onnx" else ""
+        raise WeedsegError(
+            f"{path} is not a readable weedseg checkpoint: torch could not load it safely ({type(exc).__name__}). "
+            f"Checkpoints are the .pt files written by `weedseg train` or `weedseg pretrain`.{hint}"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeedsegError(f"{path} is not a weedseg checkpoint (expected format {FORMAT!r})")
     return ckpt

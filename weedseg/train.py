@@ -205,6 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             distributed.sync_buffers(model)
             record = {"epoch": epoch + 1, "train_loss": distributed.mean(total_loss / max(1, steps)),
                       "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "images_per_s": round(steps * cfg.batch_size / seconds, 2)}
             if not main:
                 continue
