@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import WeedsegError, distributed
@@ -79,6 +79,39 @@ def auto_workers() -> int:
     return 0 if cpus <= 2 else min(8, cpus // 2)
 
 
+def open_run(out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """The resume point <out>/last.pt when `resume`, else None; refuses to start over a run unless `overwrite`."""
+    last_path = out / "last.pt"
+    if resume:
+        return load_checkpoint(last_path)
+    if last_path.exists() and not overwrite:
+        raise WeedsegError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
+                           f"afresh, or choose another --out")
+    return None
+
+
+def make_loader(dataset: Dataset, sampler: SeededSampler, batch_size: int, workers: int,
+                device: torch.device) -> DataLoader:
+    """Loader of full per-process batches (one short batch when there are fewer samples); workers < 0: automatic."""
+    workers = auto_workers() if workers < 0 else workers
+    return DataLoader(dataset, batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size,
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+def mixed_precision(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype, torch.amp.GradScaler]:
+    """(use autocast, its dtype, grad scaler): bf16 on CUDA where supported, else fp16 with loss scaling; off on CPU."""
+    use_amp = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    return use_amp, dtype, torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+
+
+def truncate_log(log_path: Path, key: str, last: int) -> None:
+    """Drop JSONL records whose `key` is past `last` (written just before a kill), so a resumed run repeats none."""
+    if log_path.exists():
+        keep = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)[key] <= last]
+        log_path.write_text("".join(line + "\n" for line in keep))
+
+
 def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: int) -> torch.Tensor | None:
     """Class weights from a config string (see TrainConfig.class_weights)."""
     if spec == "none":
@@ -104,13 +137,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     """
     out = Path(cfg.out)
     last_path, log_path = out / "last.pt", out / "metrics.jsonl"
-    state = None
-    if resume:
-        state = load_checkpoint(last_path)
+    state = open_run(out, resume, overwrite)
+    if state is not None:
         cfg = TrainConfig(**{**state["train_state"]["config"], "out": cfg.out})
-    elif last_path.exists() and not overwrite:
-        raise WeedsegError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
-                           f"afresh, or choose another --out")
 
     device = distributed.init(cfg.device)
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
@@ -132,10 +161,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     val_ds.preload("loading val images")
 
     sampler = SeededSampler(len(train_ds), cfg.seed, rank, world)
-    workers = auto_workers() if cfg.workers < 0 else cfg.workers
-    per_process = cfg.batch_size // world
-    loader = DataLoader(train_ds, per_process, sampler=sampler, drop_last=len(sampler) >= per_process,
-                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = make_loader(train_ds, sampler, cfg.batch_size // world, cfg.workers, device)
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes)
@@ -152,9 +178,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, cfg.epochs * steps, cfg.warmup_epochs * steps, cfg.min_lr_ratio)
     )
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    use_amp, amp_dtype, scaler = mixed_precision(cfg.amp, device)
 
     start_epoch, best = 0, {"miou": -1.0}
     if state is None:
@@ -173,7 +197,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         scaler.load_state_dict(ts["scaler"])
         start_epoch, best = ts["epoch"] + 1, ts["best"]
         if main:
-            _truncate_log(log_path, ts["epoch"])
+            truncate_log(log_path, "epoch", ts["epoch"] + 1)
             print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}")
 
     if main:
@@ -234,11 +258,3 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     print(f"best validation mIoU {best['miou']:.4f} at epoch {best.get('epoch')}; weights in {out / 'best.pt'}")
     return best
 
-
-def _truncate_log(log_path: Path, last_epoch_index: int) -> None:
-    """Drop log lines past the checkpointed epoch (written just before a kill), so none repeat."""
-    if not log_path.exists():
-        return
-    keep = [line for line in log_path.read_text().splitlines()
-            if line.strip() and json.loads(line)["epoch"] <= last_epoch_index + 1]
-    log_path.write_text("".join(line + "\n" for line in keep))

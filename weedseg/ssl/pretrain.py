@@ -25,17 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import WeedsegError, distributed
-from ..checkpoint import load_checkpoint, model_metadata, save_checkpoint
+from ..checkpoint import model_metadata, save_checkpoint
 from ..data import SeededSampler, TrainAugment, channel_stats, open_dataset
 from ..data.transforms import normalize, resize_short_side
 from ..data.io import find_images
 from ..data.unlabeled import UnlabeledImages, open_images
 from ..models import count_parameters, create_model
-from ..train import auto_workers, warmup_cosine
+from ..train import make_loader, mixed_precision, open_run, truncate_log, warmup_cosine
 from .losses import ReconstructionLoss
 from .masking import Grid, MaskedImages, apply_mask, make_grid, random_cell_mask, top_cells
 from .pictures import heat_map, save_panel, to_rgb
@@ -197,13 +196,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
     """Pretrain per `cfg` (or continue the run in cfg.out when `resume`); returns the final checkpoint path."""
     out = Path(cfg.out)
     last_path, log_path = out / "last.pt", out / "log.jsonl"
-    state = None
-    if resume:
-        state = load_checkpoint(last_path)
+    state = open_run(out, resume, overwrite)
+    if state is not None:
         cfg = PretrainConfig(**{**state["pretrain_state"]["config"], "out": cfg.out})
-    elif last_path.exists() and not overwrite:
-        raise WeedsegError(f"{out} already holds a pretraining run; pass --resume to continue it, --overwrite "
-                           f"to start afresh, or choose another --out")
     device = distributed.init(cfg.device)
     world, main = distributed.world_size(), distributed.is_main()
     if cfg.method not in METHODS:
@@ -244,7 +239,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
         progress = state["pretrain_state"]
         done = sum(it for _, it in steps[: progress["step"]]) + progress["iteration"]
         if main:
-            _truncate_log(log_path, done)
+            truncate_log(log_path, "global_iteration", done)
             print(f"resuming {out} at step {progress['step'] + 1}/{len(steps)}, iteration {progress['iteration']}")
     ddp = distributed.wrap_model(model, device)
     picture_indices = sorted(set(np.linspace(0, len(images) - 1, cfg.pictures).round().astype(int).tolist()))
@@ -319,16 +314,12 @@ def _train_step(ddp: nn.Module, dataset: MaskedImages, step: int, iterations: in
     rank, world = distributed.rank(), distributed.world_size()
     per_process = cfg.batch_size // world
     sampler = SeededSampler(len(dataset), cfg.seed * 1000 + step, rank, world)
-    workers = auto_workers() if cfg.workers < 0 else cfg.workers
-    loader = DataLoader(dataset, per_process, sampler=sampler, drop_last=len(sampler) >= per_process,
-                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = make_loader(dataset, sampler, per_process, cfg.workers, device)
     per_epoch = len(loader)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, iterations, cfg.warmup_epochs * per_epoch, cfg.min_lr_ratio))
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    use_amp, amp_dtype, scaler = mixed_precision(cfg.amp, device)
     it = 0
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -373,10 +364,3 @@ def _train_step(ddp: nn.Module, dataset: MaskedImages, step: int, iterations: in
             bar.set_postfix(step=f"{step + 1}", loss=f"{record['loss']:.3f}")
             last_save, loss_sum, loss_count = it, 0.0, 0
 
-
-def _truncate_log(log_path: Path, done: int) -> None:
-    """Drop log lines past the resume point (written just before a kill), so none repeat."""
-    if log_path.exists():
-        keep = [line for line in log_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["global_iteration"] <= done]
-        log_path.write_text("".join(line + "\n" for line in keep))
