@@ -1,0 +1,124 @@
+"""The experiment: run plan and pairing, statistics, resume, and a tiny end-to-end run on a Nassar-layout fixture."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from weedseg import WeedsegError
+from weedseg.cli import main
+from weedseg.experiment import ExperimentConfig, run_experiment
+from weedseg.experiment.plan import check_config, finetune_schedule, plan_jobs
+from weedseg.experiment.report import paired_difference, t975
+
+
+def test_paired_difference_interval_by_hand():
+    diff = paired_difference([3.0, 5.0, 7.0], [2.0, 3.0, 4.0])  # differences 1, 2, 3: mean 2, sd 1
+    half = 4.303 / math.sqrt(3)
+    assert diff["n"] == 3 and diff["mean"] == pytest.approx(2.0) and diff["wins"] == 3
+    assert diff["ci95"] == pytest.approx([2 - half, 2 + half])
+    assert paired_difference([1.0], [2.0])["ci95"] is None
+    assert t975(4) == 2.776 and t975(100) == 1.96
+
+
+def test_fewer_labels_train_more_epochs_but_fewer_iterations():
+    cfg = ExperimentConfig(finetune_epochs=40, finetune_warmup_epochs=4, evals_per_run=20)
+    assert finetune_schedule(cfg, 1.0) == (40, 4, 2)
+    epochs, warmup, every = finetune_schedule(cfg, 0.25)
+    assert (epochs, warmup, every) == (80, 8, 4)
+    assert epochs * 0.25 < 40  # 80 epochs over a quarter of the images: half the iterations
+
+
+def arg(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+def test_plan_pairs_every_method_by_seed(tmp_path):
+    cfg = ExperimentConfig(out=str(tmp_path), seeds=2, fractions=(1.0, 0.1))
+    jobs = {j.name: j for j in plan_jobs(cfg)}
+    assert len(jobs) == 2 * 2 + 3 * 2 * 2  # pretraining: 2 methods x 2 seeds; fine-tuning: 3 x 2 seeds x 2 fractions
+    for seed in range(2):
+        for method in ("random", "selective"):
+            pre = jobs[f"pretrain {method} seed {seed}"].commands[0]
+            assert arg(pre, "--seed") == str(seed) and arg(pre, "--method") == method
+        for fraction, tag in ((1.0, "labels-100"), (0.1, "labels-10")):
+            runs = {m: jobs[f"fine-tune {m} seed {seed} {tag}"] for m in ("scratch", "random", "selective")}
+            trains = {m: j.commands[0] for m, j in runs.items()}
+            assert {arg(c, "--seed") for c in trains.values()} == {str(seed)}
+            assert {arg(c, "--train-fraction") for c in trains.values()} == {str(fraction)}
+            assert "--init" not in trains["scratch"] and not runs["scratch"].needs
+            for m in ("random", "selective"):
+                assert arg(trains[m], "--init").endswith(f"pretrain/{m}-seed{seed}/final.pt")
+                assert runs[m].needs == [f"pretrain {m} seed {seed}"]
+            assert runs["scratch"].commands[1][3] == "evaluate" and runs["scratch"].done_file.name == "test.json"
+
+
+def test_unfinished_runs_resume_and_changed_settings_are_refused(tmp_path):
+    cfg = ExperimentConfig(out=str(tmp_path), seeds=1, fractions=(1.0,))
+    run = tmp_path / "finetune" / "labels-100" / "scratch-seed0"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"")
+    train = {j.name: j for j in plan_jobs(cfg)}["fine-tune scratch seed 0 labels-100"].commands[0]
+    assert train[-1] == "--resume"
+    (tmp_path / "experiment.json").write_text(json.dumps({**cfg.__dict__, "finetune_epochs": 7}))
+    with pytest.raises(WeedsegError, match="finetune_epochs: 7 -> 40"):
+        check_config(cfg)
+    (tmp_path / "experiment.json").write_text(json.dumps({**cfg.__dict__, "seeds": 9}))
+    check_config(cfg)  # more or fewer seeds only adds or leaves out runs
+    with pytest.raises(WeedsegError, match="--methods"):
+        check_config(ExperimentConfig(out=str(tmp_path), methods=("scratch", "mae")))
+
+
+def write_nassar(root: Path, tiles: int = 30) -> Path:
+    """Nassar 2020 layout (data/<id>.png + mask/<id>.png, values 0/1/2) with 64 px tiles whose mask follows green."""
+    rng = np.random.default_rng(0)
+    (root / "data").mkdir(parents=True)
+    (root / "mask").mkdir()
+    for i in range(tiles):
+        image = cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (64, 64))
+        cv2.imwrite(str(root / "data" / f"{i:05d}.png"), image)
+        cv2.imwrite(str(root / "mask" / f"{i:05d}.png"), (image[..., 1] // 86).astype(np.uint8))
+    return root
+
+
+def test_tiny_experiment_end_to_end_and_rerun_skips_finished_runs(tmp_path):
+    root = write_nassar(tmp_path / "nassar")
+    cfg = ExperimentConfig(dataset="nassar", data_root=str(root), out=str(tmp_path / "exp"), seeds=2,
+                           fractions=(1.0, 0.5), pretrain_epochs=1, finetune_epochs=2, evals_per_run=2, crop=64,
+                           pictures=1, jobs=2)
+    results = run_experiment(cfg)
+    out = Path(cfg.out)
+    assert len(results["runs"]) == 3 * 2 * 2
+    for group in results["groups"]:
+        assert set(group["methods"]) == {"scratch", "random", "selective"}
+        assert [(p["a"], p["b"], p["miou"]["n"]) for p in group["pairs"]] == [
+            ("selective", "random", 2), ("selective", "scratch", 2), ("random", "scratch", 2)]
+    run = results["runs"][0]
+    test = json.loads((out / "finetune" / "labels-100" / f"{run['method']}-seed{run['seed']}" / "test.json").read_text())
+    assert run["test_miou"] == pytest.approx(100 * test["miou"]) and test["split"] == "test"
+    assert "| selective - random | 2 |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert results["best_by_validation"]["fraction"] == 1.0
+
+    logs = {p: p.stat().st_mtime_ns for p in out.rglob("job.log")}
+    assert len(logs) == 2 * 2 + 12
+    again = run_experiment(cfg)  # everything is done: nothing runs again, the same results come back
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("job.log")} == logs
+    assert again["runs"] == results["runs"]
+
+
+def test_cli_reports_failed_runs_with_their_logs(tmp_path, capsys):
+    root = write_nassar(tmp_path / "nassar", tiles=10)
+    for mask in (root / "mask").iterdir():  # values above 2 are not Nassar classes: training refuses them
+        cv2.imwrite(str(mask), np.full((64, 64), 7, np.uint8))
+    code = main(["experiment", "--dataset", "nassar", "--data-root", str(root), "--out", str(tmp_path / "exp"),
+                 "--seeds", "1", "--methods", "scratch", "--fractions", "1", "--finetune-epochs", "1",
+                 "--crop", "64", "--jobs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 run(s) did not finish" in err and "scratch-seed0/job.log" in err
+    assert "has values [7] but only classes 0..2 exist" in err  # the run's own error is shown

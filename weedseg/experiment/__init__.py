@@ -1,0 +1,45 @@
+"""The experiment: training from scratch vs random-masking vs selective-masking pretraining, paired by seed.
+
+`run_experiment(cfg)` plans every run (weedseg.experiment.plan), runs those not yet finished as
+child processes (weedseg.experiment.runner) and writes the tables and chart
+(weedseg.experiment.report). Re-running the same command continues an interrupted experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import WeedsegError
+from .plan import PRESETS, ExperimentConfig, check_config, default_jobs, plan_jobs
+from .report import write_report
+from .runner import log_tail, run_jobs
+
+__all__ = ["PRESETS", "ExperimentConfig", "run_experiment"]
+
+
+def run_experiment(cfg: ExperimentConfig, report_only: bool = False) -> dict:
+    """Run what is left of the experiment (unless `report_only`) and write OUT/results.{json,md,png}."""
+    check_config(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = []
+    if not report_only:
+        (out / "experiment.json").write_text(json.dumps(asdict(cfg), indent=2))
+        jobs = plan_jobs(cfg)
+        parallel = cfg.jobs or default_jobs(cfg.device)
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        left = [j for j in jobs if not j.done]
+        print(f"experiment in {out}: {len(jobs)} runs, {len(jobs) - len(left)} already finished; "
+              f"{parallel} at a time with {threads} thread(s) each. Logs: <run folder>/job.log. "
+              f"Ctrl-C stops it; the same command continues it.")
+        failed = run_jobs(jobs, parallel, threads)
+    results = write_report(cfg)
+    print(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
+    if failed:
+        details = "\n".join(f"  {j.name}: {j.log}\n{log_tail(j.log)}" for j in failed)
+        raise WeedsegError(f"{len(failed)} run(s) did not finish:\n{details}\nFix the cause and run the same "
+                           "command again; finished runs are kept")
+    return results
