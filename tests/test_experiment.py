@@ -104,6 +104,9 @@ def test_tiny_experiment_end_to_end_and_rerun_skips_finished_runs(tmp_path):
     assert "| selective - random | 2 |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert results["best_by_validation"]["fraction"] == 1.0
+    masks = results["selective_masks"]  # what the selective masks hid, read against the labels
+    assert masks["seeds"] == [0, 1] and sum(masks["mean"]["masked_share"]) == pytest.approx(1.0)
+    assert "## What selective masking hides" in (out / "results.md").read_text()
 
     logs = {p: p.stat().st_mtime_ns for p in out.rglob("job.log")}
     assert len(logs) == 2 * 2 + 12
@@ -122,3 +125,23 @@ def test_cli_reports_failed_runs_with_their_logs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "1 run(s) did not finish" in err and "scratch-seed0/job.log" in err
     assert "has values [7] but only classes 0..2 exist" in err  # the run's own error is shown
+
+
+def test_mask_content_reads_the_masked_cells_against_the_labels(tmp_path):
+    from weedseg.data import open_dataset
+    from weedseg.experiment.mask_content import masked_class_shares
+
+    root = write_nassar(tmp_path / "nassar", tiles=10)
+    for mask in (root / "mask").iterdir():  # left half weed (2), right half soil (0)
+        cv2.imwrite(str(mask), np.repeat([[2] * 32 + [0] * 32], 64, 0).astype(np.uint8))
+    data = open_dataset("nassar", root)
+    image = data.splits["train"][0].image
+    step = tmp_path / "run" / "step1"
+    step.mkdir(parents=True)
+    # scored at 32 x 32 in a 2 x 2 grid; the two left cells are masked
+    record = {"images": [{"index": 0, "path": str(image), "grid_y": [0, 16, 32], "grid_x": [0, 16, 32],
+                          "masked_cells": [0, 2]}]}
+    (step / "masks.json").write_text(json.dumps(record))
+    shares = masked_class_shares(tmp_path / "run", data)
+    assert shares["masked_share"] == pytest.approx([0, 0, 1]) and shares["all_share"] == pytest.approx([0.5, 0, 0.5])
+    assert shares["enrichment"] == [0.0, None, pytest.approx(2.0)] and shares["images"] == 1

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .plan import ExperimentConfig, finetune_folder, finetune_schedule, fraction_tag
+from .. import WeedsegError
+from ..data import open_dataset
+from .mask_content import enrichment, masked_class_shares
+from .plan import ExperimentConfig, finetune_folder, finetune_schedule, fraction_tag, pretrain_job
 
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom; the normal 1.96 beyond
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -104,7 +107,29 @@ def collect(cfg: ExperimentConfig) -> dict:
                        "methods": methods, "pairs": pairs})
     full = [r for r in runs if r["fraction"] == 1.0]
     best = max(full, key=lambda r: r["best_val_miou"]) if full else None
-    return {"runs": runs, "groups": groups, "best_by_validation": best}
+    return {"runs": runs, "groups": groups, "best_by_validation": best, "selective_masks": mask_content(cfg)}
+
+
+def mask_content(cfg: ExperimentConfig) -> dict | None:
+    """Class shares in the selective masks of each finished selective pretraining, and their mean over seeds."""
+    if "selective" not in cfg.methods:
+        return None
+    try:
+        data = open_dataset(cfg.dataset, cfg.data_root)
+    except WeedsegError:
+        return None
+    per_seed = {}
+    for seed in range(cfg.seeds):
+        job = pretrain_job(cfg, "selective", seed)
+        if job.done:
+            shares = masked_class_shares(job.folder, data)
+            if shares is not None:
+                per_seed[seed] = shares
+    if not per_seed:
+        return None
+    mean = {k: np.mean([v[k] for v in per_seed.values()], axis=0).tolist() for k in ("masked_share", "all_share")}
+    mean["enrichment"] = enrichment(mean["masked_share"], mean["all_share"])
+    return {"classes": list(data.classes), "seeds": sorted(per_seed), "mean": mean, "per_seed": per_seed}
 
 
 def fmt_ci(diff: dict) -> str:
@@ -143,6 +168,19 @@ def markdown(results: dict, cfg: ExperimentConfig) -> str:
                 lines.append(f"| {p['a']} - {p['b']} | {len(p['seeds'])} | {fmt_ci(p['miou'])} | "
                              + " | ".join(fmt_ci(p["iou"][c]) for c in classes)
                              + f" | {p['miou']['wins']} of {p['miou']['n']} |")
+        lines.append("")
+    masks = results.get("selective_masks")
+    if masks:
+        lines += ["## What selective masking hides", "",
+                  f"Pixel share of each class in the cells selective pretraining masked (its highest-loss cells) "
+                  f"and in the whole scored images, over every selective step; mean over seeds {masks['seeds']}. "
+                  "Enrichment above 1: the model found that class harder to reconstruct than average.", "",
+                  "| class | share of masked pixels | share of all pixels | enrichment |", "|---|---|---|---|"]
+        m = masks["mean"]
+        for i, c in enumerate(masks["classes"]):
+            ratio = m["enrichment"][i]
+            lines.append(f"| {c} | {100 * m['masked_share'][i]:.2f} % | {100 * m['all_share'][i]:.2f} % | "
+                         + ("-" if ratio is None else f"{ratio:.2f}") + " |")
         lines.append("")
     lines += ["## Every run", "", "| labels | method | seed | test mIoU | " + "weed IoU | best val mIoU (epoch) | minutes |",
               "|---|---|---|---|---|---|---|"]
