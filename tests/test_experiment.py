@@ -56,6 +56,12 @@ def test_plan_pairs_every_method_by_seed(tmp_path):
                 assert arg(trains[m], "--init").endswith(f"pretrain/{m}-seed{seed}/final.pt")
                 assert runs[m].needs == [f"pretrain {m} seed {seed}"]
             assert runs["scratch"].commands[1][3] == "evaluate" and runs["scratch"].done_file.name == "test.json"
+            assert "--init-head" not in trains["selective"]
+    variant = ExperimentConfig(out=str(tmp_path), seeds=1, fractions=(1.0,), cells=64, mask_ratio=0.25, init_head=True)
+    jobs = {j.name: j for j in plan_jobs(variant)}
+    pre = jobs["pretrain selective seed 0"].commands[0]
+    assert arg(pre, "--cells") == "64" and arg(pre, "--mask-ratio") == "0.25"
+    assert "--init-head" in jobs["fine-tune selective seed 0 labels-100"].commands[0]
 
 
 def test_unfinished_runs_resume_and_changed_settings_are_refused(tmp_path):

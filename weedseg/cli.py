@@ -263,6 +263,10 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs with all labels (fewer labels: more epochs)")
     p.add_argument("--evals-per-run", type=int, help=f"validation passes per fine-tuning run (default {d.evals_per_run})")
     p.add_argument("--crop", type=int, help=f"training crop size (default {d.crop})")
+    p.add_argument("--mask-ratio", type=float, help=f"pretraining: fraction of cells masked (default {d.mask_ratio})")
+    p.add_argument("--cells", type=int, help=f"pretraining: about sqrt(N) cells along the short side (default {d.cells})")
+    p.add_argument("--init-head", action="store_true", default=None,
+                   help="fine-tuning: also copy the pretrained head (default: re-initialise it)")
     p.add_argument("--jobs", type=int, help="runs at once (default: one per CPU core with one thread each; 1 on a GPU)")
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and chart from finished runs")

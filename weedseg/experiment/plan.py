@@ -44,6 +44,9 @@ class ExperimentConfig:
     finetune_batch_size: int = 8
     evals_per_run: int = 20  # validation passes per fine-tuning run (the best one is kept)
     crop: int = 256
+    mask_ratio: float = 0.5  # pretraining: fraction of the cells masked
+    cells: int = 512  # pretraining: about sqrt(cells) cells along the short side (12 px cells at 256 px)
+    init_head: bool = False  # fine-tuning: also copy the pretrained head (default: re-initialise it)
     pictures: int = 2  # pretraining pictures per step
     jobs: int = 0  # runs at once; 0: one per CPU core (up to 8) on a CPU, one on a GPU
     device: str = "auto"
@@ -115,6 +118,7 @@ def pretrain_job(cfg: ExperimentConfig, method: str, seed: int) -> Job:
         "pretrain", "--method", method, *data_args(cfg), "--budget", cfg.budget, "--model", cfg.model,
         "--epochs", str(cfg.pretrain_epochs), "--warmup-epochs", str(cfg.pretrain_warmup_epochs),
         "--batch-size", str(cfg.pretrain_batch_size), "--crop", str(cfg.crop), "--seed", str(seed),
+        "--mask-ratio", str(cfg.mask_ratio), "--cells", str(cfg.cells),
         "--pictures", str(cfg.pictures), "--device", cfg.device, "--out", str(folder))
     cmd.append("--resume" if (folder / "last.pt").is_file() else "--overwrite")
     return Job(f"pretrain {method} seed {seed}", folder, [cmd], folder / "final.pt")
@@ -136,7 +140,7 @@ def finetune_job(cfg: ExperimentConfig, method: str, seed: int, fraction: float)
     needs = []
     if method != "scratch":
         pre = pretrain_job(cfg, method, seed)
-        train += ["--init", str(pre.done_file)]
+        train += ["--init", str(pre.done_file)] + (["--init-head"] if cfg.init_head else [])
         needs.append(pre.name)
     train.append("--resume" if (folder / "last.pt").is_file() else "--overwrite")
     test = weedseg_command("evaluate", str(folder / "best.pt"), *data_args(cfg), "--split", "test",
@@ -169,9 +173,9 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise WeedsegError("need at least 1 seed and label fractions in (0, 1]")
     saved = Path(cfg.out) / "experiment.json"
     if saved.is_file():
-        before = json.loads(saved.read_text())
         now = json.loads(json.dumps(asdict(cfg)))
-        changed = sorted(k for k in now if k not in MAY_CHANGE and before.get(k) != now[k])
+        before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **json.loads(saved.read_text())}
+        changed = sorted(k for k in now if k not in MAY_CHANGE and before[k] != now[k])
         if changed:
             raise WeedsegError(
                 f"{cfg.out} holds an experiment with other settings ({', '.join(f'{k}: {before.get(k)} -> {now[k]}' for k in changed)}); "
