@@ -37,7 +37,7 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
     n = len(d)
     half = t975(n - 1) * d.std(ddof=1) / math.sqrt(n) if n >= 2 else None
     mean = float(d.mean()) if n else float("nan")
-    return {"n": n, "mean": mean, "ci95": None if half is None else [mean - half, mean + half],
+    return {"n": n, "mean": mean, "ci95": None if half is None else [float(mean - half), float(mean + half)],
             "wins": int((d > 0).sum())}
 
 
