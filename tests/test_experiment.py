@@ -78,6 +78,28 @@ def test_unfinished_runs_resume_and_changed_settings_are_refused(tmp_path):
     check_config(cfg)  # more or fewer seeds only adds or leaves out runs
     with pytest.raises(WeedsegError, match="--methods"):
         check_config(ExperimentConfig(out=str(tmp_path), methods=("scratch", "mae")))
+    with pytest.raises(WeedsegError, match="--jobs must be 0"):
+        check_config(ExperimentConfig(out=str(tmp_path / "other"), jobs=-1))
+
+
+def test_missing_dataset_and_ctrl_c_are_clear_errors(tmp_path, capsys, monkeypatch):
+    code = main(["experiment", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "exp")])
+    err = capsys.readouterr().err
+    assert code == 2 and "peanut dataset not found" in err and "Traceback" not in err
+    assert not (tmp_path / "exp").exists()  # refused before any run started
+    with pytest.raises(SystemExit):
+        main(["experiment", "--fractions", "all"])
+    assert "expected comma-separated numbers such as 1,0.25,0.1, got 'all'" in capsys.readouterr().err
+
+    import weedseg.experiment as experiment
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "run_jobs", interrupted)
+    root = write_nassar(tmp_path / "nassar", tiles=10)
+    code = main(["experiment", "--dataset", "nassar", "--data-root", str(root), "--out", str(tmp_path / "exp2")])
+    assert code == 2 and "interrupted; finished runs are kept" in capsys.readouterr().err
 
 
 def write_nassar(root: Path, tiles: int = 30) -> Path:

@@ -235,6 +235,14 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def comma_fractions(text: str) -> tuple[float, ...]:
+    """`--fractions 1,0.25,0.1` as numbers (argparse reports a bad value as a usage error)."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.25,0.1, got {text!r}") from None
+
+
 def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     from .experiment import PRESETS, ExperimentConfig
     from .experiment.plan import METHODS
@@ -256,7 +264,7 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, help=f"paired seeds 0..N-1 (default {d.seeds})")
     p.add_argument("--methods", type=lambda s: tuple(s.split(",")),
                    help=f"comma-separated, some of {','.join(METHODS)} (default all)")
-    p.add_argument("--fractions", type=lambda s: tuple(float(v) for v in s.split(",")),
+    p.add_argument("--fractions", type=comma_fractions,
                    help="comma-separated fractions of the labelled training images (default 1,0.25,0.1)")
     p.add_argument("--model", choices=list(MODELS))
     p.add_argument("--pretrain-epochs", type=int, help="E, epochs per selective step (random: same iterations)")

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import WeedsegError
+from ..data import open_dataset
 from .plan import PRESETS, ExperimentConfig, check_config, default_jobs, plan_jobs
 from .report import write_report
 from .runner import log_tail, run_jobs
@@ -23,6 +24,12 @@ __all__ = ["PRESETS", "ExperimentConfig", "run_experiment"]
 def run_experiment(cfg: ExperimentConfig, report_only: bool = False) -> dict:
     """Run what is left of the experiment (unless `report_only`) and write OUT/results.{json,md,png}."""
     check_config(cfg)
+    try:  # a missing dataset is reported now, not by every run
+        data = open_dataset(cfg.dataset, cfg.data_root)
+    except WeedsegError:
+        if not report_only:
+            raise
+        data = None  # the tables need only the finished runs
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
@@ -35,8 +42,12 @@ def run_experiment(cfg: ExperimentConfig, report_only: bool = False) -> dict:
         print(f"experiment in {out}: {len(jobs)} runs, {len(jobs) - len(left)} already finished; "
               f"{parallel} at a time with {threads} thread(s) each. Logs: <run folder>/job.log. "
               f"Ctrl-C stops it; the same command continues it.")
-        failed = run_jobs(jobs, parallel, threads)
-    results = write_report(cfg)
+        try:
+            failed = run_jobs(jobs, parallel, threads)
+        except KeyboardInterrupt:
+            raise WeedsegError("interrupted; finished runs are kept and unfinished ones resume from their last "
+                               "saved epoch: run the same command again to continue") from None
+    results = write_report(cfg, data)
     print(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
     if failed:
         details = "\n".join(f"  {j.name}: {j.log}\n{log_tail(j.log)}" for j in failed)

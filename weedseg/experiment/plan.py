@@ -171,6 +171,8 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise WeedsegError(f"--methods takes some of {', '.join(METHODS)}, got {', '.join(cfg.methods) or 'none'}")
     if cfg.seeds < 1 or not cfg.fractions or any(not 0 < f <= 1 for f in cfg.fractions):
         raise WeedsegError("need at least 1 seed and label fractions in (0, 1]")
+    if cfg.jobs < 0:
+        raise WeedsegError(f"--jobs must be 0 (automatic) or more, got {cfg.jobs}")
     saved = Path(cfg.out) / "experiment.json"
     if saved.is_file():
         now = json.loads(json.dumps(asdict(cfg)))

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import WeedsegError
-from ..data import open_dataset
+from ..data import LabelledData
 from .mask_content import enrichment, masked_class_shares
 from .plan import ExperimentConfig, finetune_folder, finetune_schedule, fraction_tag, pretrain_job
 
@@ -69,7 +68,7 @@ def read_run(folder: Path) -> dict | None:
     }
 
 
-def collect(cfg: ExperimentConfig) -> dict:
+def collect(cfg: ExperimentConfig, data: LabelledData | None) -> dict:
     """Everything finished so far, summarised (see the module docstring)."""
     runs = []
     for fraction in sorted(cfg.fractions, reverse=True):
@@ -107,16 +106,13 @@ def collect(cfg: ExperimentConfig) -> dict:
                        "methods": methods, "pairs": pairs})
     full = [r for r in runs if r["fraction"] == 1.0]
     best = max(full, key=lambda r: r["best_val_miou"]) if full else None
-    return {"runs": runs, "groups": groups, "best_by_validation": best, "selective_masks": mask_content(cfg)}
+    return {"runs": runs, "groups": groups, "best_by_validation": best, "selective_masks": mask_content(cfg, data)}
 
 
-def mask_content(cfg: ExperimentConfig) -> dict | None:
-    """Class shares in the selective masks of each finished selective pretraining, and their mean over seeds."""
-    if "selective" not in cfg.methods:
-        return None
-    try:
-        data = open_dataset(cfg.dataset, cfg.data_root)
-    except WeedsegError:
+def mask_content(cfg: ExperimentConfig, data: LabelledData | None) -> dict | None:
+    """Class shares in the selective masks of each finished selective pretraining, and their mean over seeds
+    (None without selective runs or without the labelled dataset)."""
+    if "selective" not in cfg.methods or data is None:
         return None
     per_seed = {}
     for seed in range(cfg.seeds):
@@ -230,10 +226,11 @@ def chart(results: dict, cfg: ExperimentConfig, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: ExperimentConfig) -> dict:
-    """Write OUT/results.json, OUT/results.md and OUT/results.png from the finished runs; returns the results."""
+def write_report(cfg: ExperimentConfig, data: LabelledData | None) -> dict:
+    """Write OUT/results.json, OUT/results.md and OUT/results.png from the finished runs; returns the results.
+    `data`, the experiment's labelled dataset, shows what the selective masks hid (skipped when None)."""
     out = Path(cfg.out)
-    results = collect(cfg)
+    results = collect(cfg, data)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results, cfg))
     chart(results, cfg, out / "results.png")
