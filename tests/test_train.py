@@ -13,7 +13,8 @@ from weedseg.checkpoint import load_checkpoint
 from weedseg.data import EvalResize, SegmentationDataset
 from weedseg.evaluate import evaluate_checkpoint
 from weedseg.metrics import ConfusionMatrix
-from weedseg.train import TrainConfig, train, warmup_cosine
+from weedseg.runtime import warmup_cosine
+from weedseg.train import TrainConfig, train
 
 
 def read_log(run):

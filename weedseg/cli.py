@@ -41,6 +41,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--crop", type=int, help=f"training crop size in pixels (default {defaults.crop})")
+    p.add_argument("--crop-scale", type=comma_floats(2),
+                   help="area fraction of the photo a training crop covers, as MIN,MAX (default "
+                        f"{','.join(map(str, defaults.crop_scale))}; for native-scale crops of a 960x720 photo at "
+                        "--crop 256: 0.05,0.2)")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--loss", choices=LOSSES, help=f"default {defaults.loss}")
@@ -51,7 +55,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
     p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision (used on CUDA and on CPUs with native bf16)")
     p.add_argument("--init", help="start from a checkpoint of `weedseg pretrain` (encoder and decoder are copied, "
                                   "its normalisation is used)")
     p.add_argument("--init-head", action="store_true", default=None,
@@ -78,7 +82,9 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=DATASETS, default="peanut")
     p.add_argument("--data-root")
     p.add_argument("--split", choices=SPLITS, default="test")
-    p.add_argument("--short-side", type=int, default=256, help="input resolution: resize the short side to this (0: full size)")
+    p.add_argument("--short-side", type=int,
+                   help="input resolution: resize the short side to this, 0 = native (default: the resolution the "
+                        "model was validated at during training, from the checkpoint)")
     p.add_argument("--full-res", action="store_true", help="score at the original mask resolution (logits upsampled)")
     p.add_argument("--out", help="JSON file for the metrics (default: <checkpoint>.<dataset>-<split>.json)")
     p.add_argument("--device", default="auto")
@@ -138,7 +144,7 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for weights, masks, data order and augmentation (default 0)")
     p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision (used on CUDA and on CPUs with native bf16)")
     p.set_defaults(func=run_pretrain)
 
 
@@ -241,6 +247,16 @@ def comma_fractions(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.25,0.1, got {text!r}") from None
+
+
+def comma_floats(count: int):
+    """An argparse type: exactly `count` comma-separated numbers, e.g. `--crop-scale 0.05,0.2`."""
+    def parse(text: str) -> tuple[float, ...]:
+        values = comma_fractions(text)
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers, got {text!r}")
+        return values
+    return parse
 
 
 def add_experiment_parser(sub: argparse._SubParsersAction) -> None:

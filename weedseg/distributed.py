@@ -22,7 +22,7 @@ def init(device: str = "auto") -> torch.device:
 
     'auto' picks CUDA when available (cuda:LOCAL_RANK under torchrun), else the CPU.
     """
-    from .evaluate import resolve_device
+    from .runtime import resolve_device
 
     resolved = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:

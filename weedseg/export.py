@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import EvalResize, LabelledData, SegmentationDataset
 from .data.io import read_rgb
 from .data.transforms import resize_short_side
+from .evaluate import model_short_side
 from .infer.metadata import ModelInfo
 from .infer.session import Segmenter
 from .metrics import ConfusionMatrix
@@ -205,7 +206,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledDat
     """
     ckpt = load_checkpoint(checkpoint)
     if input_short_side is None:
-        input_short_side = int((ckpt.get("config") or {}).get("eval_short_side", 256))
+        input_short_side = model_short_side(ckpt)
     out = Path(out)
     info = export_onnx(ckpt, out, input_short_side)
     print(f"exported {checkpoint} -> {out} ({info.model_name}, classes {', '.join(info.classes)}, "

@@ -11,14 +11,11 @@ the batch size is global and only rank 0 validates and writes files.
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import WeedsegError, distributed
@@ -27,6 +24,7 @@ from .data import EvalResize, SeededSampler, SegmentationDataset, TrainAugment, 
 from .evaluate import evaluate_model
 from .losses import build_loss, inverse_sqrt_frequency_weights
 from .models import count_parameters, create_model
+from .runtime import channels_last, make_loader, mixed_precision, open_run, to_device, truncate_log, warmup_cosine
 from .ssl.transfer import check_init_model, format_report, transfer_weights
 
 
@@ -41,6 +39,7 @@ class TrainConfig:
     epochs: int = 80
     batch_size: int = 8
     crop: int = 256
+    crop_scale: tuple[float, float] = (0.25, 1.0)  # area fraction of the photo each training crop covers
     lr: float = 3e-3
     warmup_epochs: int = 10
     min_lr_ratio: float = 0.01  # warm-up starts at, and cosine decays to, lr * min_lr_ratio
@@ -52,7 +51,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = -1  # -1: automatic
     device: str = "auto"
-    amp: bool = True  # mixed precision, CUDA only
+    amp: bool = True  # mixed precision: CUDA, and CPUs with native bf16
     init: str | None = None  # pretrained checkpoint to start from (weedseg pretrain)
     init_head: bool = False  # also copy the head from `init` when its shape matches
 
@@ -63,53 +62,6 @@ PRESETS: dict[str, dict] = {
     # the paper's fine-tuning budget, for a GPU
     "paper": {"model": "unet-resnet34", "epochs": 500, "batch_size": 8, "warmup_epochs": 10},
 }
-
-
-def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
-    """LR multiplier: linear from `floor` to 1 over `warmup` steps, then cosine from 1 down to `floor`."""
-    if step < warmup:
-        return floor + (1 - floor) * step / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def auto_workers() -> int:
-    """Loader worker processes: none on a 2-core machine (augmentation is cheap), else up to 8."""
-    cpus = os.cpu_count() or 1
-    return 0 if cpus <= 2 else min(8, cpus // 2)
-
-
-def open_run(out: Path, resume: bool, overwrite: bool) -> dict | None:
-    """The resume point <out>/last.pt when `resume`, else None; refuses to start over a run unless `overwrite`."""
-    last_path = out / "last.pt"
-    if resume:
-        return load_checkpoint(last_path)
-    if last_path.exists() and not overwrite:
-        raise WeedsegError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
-                           f"afresh, or choose another --out")
-    return None
-
-
-def make_loader(dataset: Dataset, sampler: SeededSampler, batch_size: int, workers: int,
-                device: torch.device) -> DataLoader:
-    """Loader of full per-process batches (one short batch when there are fewer samples); workers < 0: automatic."""
-    workers = auto_workers() if workers < 0 else workers
-    return DataLoader(dataset, batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size,
-                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-
-
-def mixed_precision(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype, torch.amp.GradScaler]:
-    """(use autocast, its dtype, grad scaler): bf16 on CUDA where supported, else fp16 with loss scaling; off on CPU."""
-    use_amp = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    return use_amp, dtype, torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
-
-
-def truncate_log(log_path: Path, key: str, last: int) -> None:
-    """Drop JSONL records whose `key` is past `last` (written just before a kill), so a resumed run repeats none."""
-    if log_path.exists():
-        keep = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)[key] <= last]
-        log_path.write_text("".join(line + "\n" for line in keep))
 
 
 def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: int) -> torch.Tensor | None:
@@ -150,7 +102,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         check_init_model(pretrained, cfg.model, cfg.init)
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.train_fraction)
     num_classes = len(data.classes)
-    train_ds = SegmentationDataset(data.layout, data.splits["train"], TrainAugment(cfg.crop), [0.0] * 3, [1.0] * 3)
+    train_ds = SegmentationDataset(data.layout, data.splits["train"], TrainAugment(cfg.crop, tuple(cfg.crop_scale)), [0.0] * 3, [1.0] * 3)
     train_ds.preload("loading train images")
     if state is not None or pretrained is not None:  # a fine-tuned model keeps its pretraining normalisation
         mean, std = (state or pretrained)["normalization"]["mean"], (state or pretrained)["normalization"]["std"]
@@ -169,7 +121,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         report = {"init": cfg.init, **transfer_weights(model, pretrained, cfg.init_head)}
         if main:
             print(format_report(report))
-    model = model.to(device)
+    model = channels_last(model.to(device))
     meta = model_metadata(cfg.model, num_classes, data.classes, data.colors, mean, std)
     weights = parse_class_weights(cfg.class_weights, train_ds, num_classes)
     criterion = build_loss(cfg.loss, None if weights is None else weights.to(device))
@@ -203,7 +155,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     if main:
         print(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M parameters) on {cfg.dataset}: "
               f"{len(train_ds)} train / {len(val_ds)} val images, {cfg.epochs} epochs, batch {cfg.batch_size}, "
-              f"device {device}{' with mixed precision' if use_amp else ''}"
+              f"device {device}{f' with {str(amp_dtype)[6:]} mixed precision' if use_amp else ''}"
               f"{f', {world} processes' if world > 1 else ''}")
     model = distributed.wrap_model(model, device)
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="epochs", unit="epoch",
@@ -215,8 +167,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             model.train()
             t0, total_loss = time.perf_counter(), 0.0
             for images, masks in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not main):
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True)
+                images, masks = to_device(images, device), to_device(masks, device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss = criterion(model(images), masks)
                 optimizer.zero_grad(set_to_none=True)

@@ -33,19 +33,25 @@ def random_resized_crop(
             cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
 
 
+GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+
+
 def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float, hue: float) -> np.ndarray:
-    """Random brightness, contrast, saturation (each by up to +-strength) and hue (+-hue turns)."""
-    img = image.astype(np.float32)
-    img *= rng.uniform(1 - strength, 1 + strength)  # brightness
-    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
-    img = (img - grey.mean()) * rng.uniform(1 - strength, 1 + strength) + grey.mean()  # contrast
-    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
-    img = (img - grey[..., None]) * rng.uniform(1 - strength, 1 + strength) + grey[..., None]  # saturation
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    """Random brightness, contrast, saturation (each by up to +-strength) and hue (+-hue turns).
+
+    Brightness (x * b), contrast about the mean grey level (g + c (x - g)) and saturation about each
+    pixel's grey (grey + s (x - grey)) are all affine in the RGB value, so they are composed into one
+    3x4 colour matrix and applied in a single saturating uint8 pass (cv2.transform).
+    """
+    b, c, s = (rng.uniform(1 - strength, 1 + strength) for _ in range(3))
+    mean_grey = b * float(GREY_WEIGHTS @ np.asarray(cv2.mean(image)[:3], np.float32))
+    saturate = s * np.eye(3, dtype=np.float32) + (1 - s) * np.outer(np.ones(3, np.float32), GREY_WEIGHTS)
+    matrix = np.hstack([saturate * (b * c), (saturate @ np.full(3, (1 - c) * mean_grey, np.float32))[:, None]])
+    img = cv2.transform(image, matrix.astype(np.float32))
     if hue > 0:
         hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
         shift = int(round(rng.uniform(-hue, hue) * 180))
-        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 180).astype(np.uint8)
+        hsv[..., 0] = cv2.LUT(hsv[..., 0], ((np.arange(256) + shift) % 180).astype(np.uint8))
         img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return img
 

@@ -34,7 +34,7 @@ from ..data.transforms import normalize, resize_short_side
 from ..data.io import find_images
 from ..data.unlabeled import UnlabeledImages, open_images
 from ..models import count_parameters, create_model
-from ..train import make_loader, mixed_precision, open_run, truncate_log, warmup_cosine
+from ..runtime import channels_last, make_loader, mixed_precision, open_run, to_device, truncate_log, warmup_cosine
 from .losses import ReconstructionLoss
 from .masking import Grid, MaskedImages, apply_mask, make_grid, random_cell_mask, top_cells
 from .pictures import heat_map, save_panel, to_rgb
@@ -224,7 +224,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
     total = sum(it for _, it in steps)
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, 3).to(device)
+    model = channels_last(create_model(cfg.model, 3).to(device))
     meta = {**model_metadata(cfg.model, 3, RGB, RGB_COLORS, mean, std), "task": "reconstruction"}
     progress = {"step": 0, "iteration": 0, "seconds": {"train": 0.0, "score": 0.0, "total": 0.0}}
     if state is None:
@@ -333,7 +333,7 @@ def _train_step(ddp: nn.Module, dataset: MaskedImages, step: int, iterations: in
         sampler.set_epoch(epoch)
         ddp.train()
         for masked, target in loader:
-            masked, target = masked.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            masked, target = to_device(masked, device), to_device(target, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 pred = ddp(masked)
             loss = criterion(pred, target)
