@@ -183,3 +183,18 @@ def test_resume_after_interrupt_matches_unbroken_run(tmp_path, selective_run, mo
     expected = load_checkpoint(selective_run / "final.pt")["state_dict"]
     got = load_checkpoint(out / "final.pt")["state_dict"]
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_pool_of_dataset_and_folders_never_takes_val_or_test(tmp_path, peanut, capsys):
+    from weedseg.ssl.pretrain import pool_sources
+
+    a, b = write_images(tmp_path / "a", n=3), write_images(tmp_path / "b", n=2, seed=1)
+    test_image = peanut.splits["test"][0].image
+    (b / "leak.jpg").symlink_to(test_image)  # a folder that happens to hold a peanut test photo
+    sources = pool_sources(PretrainConfig(dataset="peanut", data_root=str(peanut.layout.root), images=[str(a), str(b)]))
+    assert len(sources["peanut train split"]) == len(peanut.splits["train"])
+    assert len(sources[str(a)]) == 4 and len(sources[str(b)]) == 3  # 3 / 2 images + one broken file each
+    assert all(p.resolve() != test_image.resolve() for p in sources[str(b)])
+    assert "left out 1 peanut val/test images" in capsys.readouterr().out
+    with pytest.raises(WeedsegError, match="nothing to pretrain on"):
+        pool_sources(PretrainConfig(dataset=None, images=None))

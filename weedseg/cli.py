@@ -117,8 +117,11 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
                                    "schedule; any flag given overrides it. Ctrl-C keeps the progress: continue "
                                    "with --resume. Runs under torchrun for several processes.")
     p.add_argument("--method", choices=METHODS, default="selective")
-    p.add_argument("--dataset", choices=DATASETS, default="peanut", help="use this dataset's TRAIN split images")
-    p.add_argument("--images", help="instead, any folder of unlabeled images (searched recursively)")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="use this dataset's TRAIN split images (default peanut when no --images is given); "
+                        "its val and test images are never used")
+    p.add_argument("--images", nargs="+", metavar="FOLDER",
+                   help="folders of unlabeled images (searched recursively); with --dataset, pooled with its train split")
     p.add_argument("--data-root", help="folder holding --dataset")
     p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
                    help="cpu: compact model, about 15 min on 2 cores for 280 images; paper: ResNet-34 U-Net, "
@@ -152,8 +155,11 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from . import distributed
     from .ssl.pretrain import PRESETS, PretrainConfig, pretrain
 
-    source = Path(args.images).name if args.images else args.dataset
+    if args.dataset is None and not args.images:
+        args.dataset = "peanut"
+    source = "+".join(([args.dataset] if args.dataset else []) + [Path(f).name for f in args.images or []])
     cfg = config_from_args(PretrainConfig, PRESETS, args, f"runs/pretrain-{args.method}-{source}-{args.budget}")
+    cfg.dataset = args.dataset
     try:
         pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
@@ -201,7 +207,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                                    "already done are skipped (resume); unreadable ones are reported and skipped, and "
                                    "the exit status is 1 if any failed.")
     p.add_argument("input", help="an image or a folder")
-    p.add_argument("--model", help="an ONNX file from `weedseg export` (default: models/weedseg-peanut-default.onnx)")
+    p.add_argument("--model", help="an ONNX file from `weedseg export` (default: the shipped weedseg-peanut-default.onnx)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--short-side", type=int,
                    help="resize images to this short side before the model, 0 = native (default: the model's)")
@@ -308,22 +314,23 @@ def run_experiment_command(args: argparse.Namespace) -> int:
 def add_app_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("app", help="start the upload-and-segment web page (Streamlit)",
                        description="Start a web page where field photos are dropped in and segmented with an ONNX "
-                                   "model from models/ (default: weedseg-peanut-default.onnx): overlay, mask, "
+                                   "model from the shipped models (default: weedseg-peanut-default.onnx): overlay, mask, "
                                    "crop and weed cover, weed grid and downloads. Open the printed address in a "
                                    "browser; Ctrl-C stops it. See docs/app.md.")
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--address", default="localhost",
                    help="address to listen on (default localhost; 0.0.0.0 serves other machines too)")
-    p.add_argument("--models", help="folder of ONNX models to offer (default: models/; sets $WEEDSEG_MODELS)")
+    p.add_argument("--models", help="folder of ONNX models to offer (default: the shipped models in weedseg/weights/; sets $WEEDSEG_MODELS)")
     p.set_defaults(func=run_app)
 
 
 def app_command(args: argparse.Namespace) -> list[str]:
-    """The `streamlit run` command line that serves app/weedseg_app.py."""
-    script = Path(__file__).resolve().parents[1] / "app" / "weedseg_app.py"
-    if not script.is_file():
-        raise WeedsegError(f"the app script {script} is missing; `weedseg app` needs a source checkout of weedseg")
-    return [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+    """The `streamlit run` command line that serves the page shipped in weedseg/app/weedseg_app.py."""
+    from .resources import APP_SCRIPT
+
+    if not APP_SCRIPT.is_file():
+        raise WeedsegError(f"the app script {APP_SCRIPT} is missing; reinstall weedseg (pip install 'weedseg[app]')")
+    return [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT), "--server.headless", "true",
             "--server.port", str(args.port), "--server.address", args.address,
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
 

@@ -48,8 +48,8 @@ class PretrainConfig:
     """Everything a pretraining run depends on. Presets in PRESETS fill these; flags override them."""
 
     method: str = "selective"
-    dataset: str = "peanut"  # use this labelled dataset's TRAIN split images ...
-    images: str | None = None  # ... unless a folder of unlabeled images is given
+    dataset: str | None = None  # this labelled dataset's TRAIN split images (never its val or test) ...
+    images: list[str] | None = None  # ... and/or folders of unlabeled images
     data_root: str | None = None
     out: str = "runs/pretrain"
     model: str = "unet-resnet18-quarter"
@@ -192,6 +192,29 @@ def masks_from_record(record: dict) -> dict[int, tuple[Grid, np.ndarray]]:
     return out
 
 
+def pool_sources(cfg: PretrainConfig) -> dict[str, list[Path]]:
+    """The pretraining images by source: the dataset's TRAIN split and/or each --images folder.
+
+    The val and test images of `cfg.dataset` are never used, even when a folder holds them.
+    """
+    folders = [cfg.images] if isinstance(cfg.images, str) else list(cfg.images or [])
+    if not cfg.dataset and not folders:
+        raise WeedsegError("nothing to pretrain on: give --dataset and/or --images FOLDER [FOLDER ...]")
+    sources: dict[str, list[Path]] = {}
+    held_out: set[Path] = set()
+    if cfg.dataset:
+        data = open_dataset(cfg.dataset, cfg.data_root)
+        sources[f"{cfg.dataset} train split"] = [s.image for s in data.splits["train"]]
+        held_out = {s.image.resolve() for split in ("val", "test") for s in data.splits[split]}
+    for folder in folders:
+        found = find_images(folder)
+        kept = [p for p in found if p.resolve() not in held_out]
+        if len(kept) < len(found):
+            print(f"{folder}: left out {len(found) - len(kept)} {cfg.dataset} val/test images")
+        sources[folder] = kept
+    return sources
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Pretrain per `cfg` (or continue the run in cfg.out when `resume`); returns the final checkpoint path."""
     out = Path(cfg.out)
@@ -208,14 +231,15 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
     if not (0 < cfg.mask_ratio < 1 and cfg.partitions >= 1 and cfg.draws >= 1 and cfg.epochs >= 1):
         raise WeedsegError("need 0 < --mask-ratio < 1 and at least 1 partition, draw and epoch")
 
-    if cfg.images:
-        paths = find_images(cfg.images)
-    else:  # a labelled dataset's TRAIN split only: validation and test images stay unseen
-        paths = [s.image for s in open_dataset(cfg.dataset, cfg.data_root).splits["train"]]
-    images, skipped = open_images(paths, progress=main)
-    if main and skipped:
-        print(f"skipped {len(skipped)} unreadable image file(s):\n  " + "\n  ".join(skipped[:10])
-              + ("\n  ..." if len(skipped) > 10 else ""))
+    sources = pool_sources(cfg)
+    images, skipped = open_images([p for paths in sources.values() for p in paths], progress=main)
+    if main:
+        readable = set(images.paths)
+        print("pretraining pool: " + ", ".join(
+            f"{sum(p in readable for p in paths)} images from {name}" for name, paths in sources.items()))
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable image file(s):\n  " + "\n  ".join(skipped[:10])
+                  + ("\n  ..." if len(skipped) > 10 else ""))
     if state is None:
         mean, std = channel_stats(images)
     else:
