@@ -1,4 +1,4 @@
-"""The upload page (app/weedseg_app.py) run headless with Streamlit's AppTest, its image helpers
+"""The upload page (weedseg/app/weedseg_app.py) run headless with Streamlit's AppTest, its image helpers
 (weedseg.infer.image) against `weedseg predict`, and `weedseg app`."""
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from weedseg.infer.image import csv_bytes, decode_image, safe_name, segment_uplo
 from weedseg.infer.outputs import read_mask
 from weedseg.infer.pipeline import PredictOptions, predict_path
 from weedseg.infer.session import Segmenter
+from weedseg.resources import APP_SCRIPT
 
-APP = Path(__file__).resolve().parents[1] / "app" / "weedseg_app.py"
+APP = APP_SCRIPT
 
 
 @pytest.fixture()

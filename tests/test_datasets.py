@@ -10,8 +10,9 @@ import pytest
 from weedseg import WeedsegError
 from weedseg.data import open_dataset
 from weedseg.data.layouts import get_layout
-from weedseg.data.locate import REPO_ROOT, find_dataset_root
+from weedseg.data.locate import find_dataset_root
 from weedseg.data.splits import load_split, make_split, subset
+from weedseg.resources import SPLIT_FILES_DIR
 
 
 def write_rgb(path, array):
@@ -194,7 +195,7 @@ def test_peanut_colour_masks_match_published_pixel_counts(peanut):
 
 
 def test_committed_peanut_split_is_the_seeded_split(peanut):
-    committed = json.loads((REPO_ROOT / "field_data" / "peanut" / "split.json").read_text())
+    committed = json.loads((SPLIT_FILES_DIR / "peanut.json").read_text())
     ids = [s.id for split in peanut.splits.values() for s in split]
     assert len(ids) == len(set(ids)) == 400
     made = make_split(ids)

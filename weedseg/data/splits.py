@@ -1,7 +1,7 @@
 """Reproducible train / val / test splits by sample id.
 
 A split file (JSON with "train", "val", "test" id lists) is used when one exists: first the one
-committed under field_data/<dataset>/split.json, then <dataset root>/split.json. Otherwise the
+shipped with weedseg (weedseg/data/split_files/<dataset>.json), then <dataset root>/split.json. Otherwise the
 split is made from the sorted ids with a fixed seed (about 70 / 10 / 20).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import WeedsegError
-from .locate import REPO_ROOT
+from ..resources import SPLIT_FILES_DIR
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.7, 0.1, 0.2)
@@ -36,7 +36,7 @@ def make_split(ids: list[str], seed: int = SPLIT_SEED, fractions: tuple[float, f
 
 def split_file_for(dataset: str, root: Path) -> Path | None:
     """The split file that applies to this dataset, if any."""
-    for path in (REPO_ROOT / "field_data" / dataset / "split.json", root / "split.json"):
+    for path in (SPLIT_FILES_DIR / f"{dataset}.json", root / "split.json"):
         if path.is_file():
             return path
     return None

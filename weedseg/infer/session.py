@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-import weedseg
-
 from .. import WeedsegError
+from ..resources import WEIGHTS_DIR
 from .metadata import ModelInfo
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path(weedseg.__file__).resolve().parents[1] / "models" / "weedseg-peanut-default.onnx"
+DEFAULT_MODEL = WEIGHTS_DIR / "weedseg-peanut-default.onnx"
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
