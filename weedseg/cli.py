@@ -5,13 +5,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 
 from . import WeedsegError, __version__
 from .data import DATASETS, SPLITS
-from .losses import LOSSES
-from .models import MODELS
+
+# The commands that need PyTorch (`pip install 'weedseg[train]'`) and their one-line help.
+TRAINING_COMMANDS = {
+    "train": "train a segmentation model on a labelled dataset",
+    "evaluate": "score a checkpoint on a dataset split (mIoU, per-class IoU, confusion)",
+    "export": "export a checkpoint to ONNX (self-checked against torch; optional INT8)",
+    "pretrain": "self-supervised pretraining on unlabeled images (selective or random masking)",
+    "experiment": "compare training from scratch, random- and selective-masking pretraining",
+}
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that shows an option's default where it has one and its help does not say it already
+    (unlike argparse.ArgumentDefaultsHelpFormatter, no "default: None" for options a preset fills)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def require_torch(command: str) -> None:
+    """A WeedsegError saying how to install the training extra when torch is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise WeedsegError(f"`weedseg {command}` needs PyTorch, which this install lacks: "
+                           "pip install 'weedseg[train]'") from None
 
 
 def config_from_args(config_cls: type, presets: dict[str, dict], args: argparse.Namespace, default_out: str):
@@ -23,14 +52,16 @@ def config_from_args(config_cls: type, presets: dict[str, dict], args: argparse.
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from .losses import LOSSES
+    from .models import MODELS
     from .train import PRESETS, TrainConfig
 
     defaults = TrainConfig()
-    p = sub.add_parser("train", help="train a segmentation model on a labelled dataset",
+    p = sub.add_parser("train", help=TRAINING_COMMANDS["train"],
                        description="Train a crop/weed segmentation model. A --budget preset sets the model and "
                                    "schedule; any flag given overrides it. Ctrl-C keeps every finished epoch: "
                                    "continue with --resume.")
-    p.add_argument("--dataset", choices=DATASETS, default="peanut")
+    p.add_argument("--dataset", choices=DATASETS, default="peanut", help="labelled dataset to use")
     p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, field_data/, ../shared/field_data/)")
     p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
                    help="cpu: compact model, about 10 min on 2 cores; paper: ResNet-34 U-Net, 500 epochs (GPU)")
@@ -76,18 +107,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a checkpoint on a dataset split (mIoU, per-class IoU, confusion)",
+    p = sub.add_parser("evaluate", help=TRAINING_COMMANDS["evaluate"],
                        description="Evaluate a checkpoint over a whole split; prints the metrics and writes them as JSON.")
     p.add_argument("checkpoint", help="a .pt file written by `weedseg train`")
-    p.add_argument("--dataset", choices=DATASETS, default="peanut")
+    p.add_argument("--dataset", choices=DATASETS, default="peanut", help="labelled dataset to use")
     p.add_argument("--data-root")
-    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--split", choices=SPLITS, default="test", help="split to score")
     p.add_argument("--short-side", type=int,
                    help="input resolution: resize the short side to this, 0 = native (default: the resolution the "
                         "model was validated at during training, from the checkpoint)")
     p.add_argument("--full-res", action="store_true", help="score at the original mask resolution (logits upsampled)")
     p.add_argument("--out", help="JSON file for the metrics (default: <checkpoint>.<dataset>-<split>.json)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.set_defaults(func=run_evaluate)
 
 
@@ -107,16 +138,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
+    from .models import MODELS
     from .ssl.losses import RECON_LOSSES
     from .ssl.pretrain import METHODS, PRESETS, PretrainConfig
 
     d = PretrainConfig()
-    p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled images (selective or random masking)",
+    p = sub.add_parser("pretrain", help=TRAINING_COMMANDS["pretrain"],
                        description="Pretrain a model by masked image reconstruction, then fine-tune it with "
                                    "`weedseg train --init <out>/final.pt`. A --budget preset sets the model and "
                                    "schedule; any flag given overrides it. Ctrl-C keeps the progress: continue "
                                    "with --resume. Runs under torchrun for several processes.")
-    p.add_argument("--method", choices=METHODS, default="selective")
+    p.add_argument("--method", choices=METHODS, default="selective", help="which cells are masked")
     p.add_argument("--dataset", choices=DATASETS,
                    help="use this dataset's TRAIN split images (default peanut when no --images is given); "
                         "its val and test images are never used")
@@ -168,7 +200,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (self-checked against torch; optional INT8)",
+    p = sub.add_parser("export", help=TRAINING_COMMANDS["export"],
                        description="Export a checkpoint to ONNX with dynamic batch, height and width and its class "
                                    "names, colours, normalisation and input resolution in the ONNX metadata. The "
                                    "export is checked against torch on real images and fails past --tolerance. "
@@ -213,11 +245,12 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="resize images to this short side before the model, 0 = native (default: the model's)")
     p.add_argument("--tile", type=int, default=1024, help="tile size in model pixels for large images (default 1024)")
     p.add_argument("--overlap", type=int, default=128, help="tile overlap in model pixels (default 128)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="images (or tiles) per model call")
     p.add_argument("--grid-cell", type=int, default=256, help="weed grid cell size in image pixels (default 256)")
-    p.add_argument("--overlay-format", choices=["jpg", "png"], default="jpg")
+    p.add_argument("--overlay-format", choices=["jpg", "png"], default="jpg", help="file type of the colour overlays")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when onnxruntime-gpu sees a GPU, else the CPU")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--workers", type=int, default=0, help="reader and writer threads each (default: automatic)")
     p.set_defaults(func=run_predict)
@@ -268,16 +301,17 @@ def comma_floats(count: int):
 def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     from .experiment import PRESETS, ExperimentConfig
     from .experiment.plan import METHODS
+    from .models import MODELS
 
     d = ExperimentConfig()
-    p = sub.add_parser("experiment", help="compare training from scratch, random- and selective-masking pretraining",
+    p = sub.add_parser("experiment", help=TRAINING_COMMANDS["experiment"],
                        description="Run, per seed, pretraining by random and by selective masking (same iterations), "
                                    "then fine-tune the same model from scratch and from each pretrained model with "
                                    "the same data order and augmentation; score every run on the test split and "
                                    "write OUT/results.md, results.json and results.png (means, seed spread, paired "
-                                   "differences with 95 %% intervals). Runs go several at once; the same command "
+                                   "differences with 95 % intervals). Runs go several at once; the same command "
                                    "continues an interrupted experiment and skips finished runs.")
-    p.add_argument("--dataset", choices=DATASETS, default="peanut")
+    p.add_argument("--dataset", choices=DATASETS, default="peanut", help="labelled dataset to use")
     p.add_argument("--data-root")
     p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
                    help="cpu: compact model, about 2 hours on 2 cores; paper: ResNet-34 U-Net, 1000 pretraining "
@@ -340,7 +374,7 @@ def run_app(args: argparse.Namespace) -> int:
     import os
 
     if importlib.util.find_spec("streamlit") is None:
-        raise WeedsegError("`weedseg app` needs streamlit: pip install streamlit")
+        raise WeedsegError("`weedseg app` needs streamlit: pip install 'weedseg[app]'")
     cmd = app_command(args)
     if args.models:
         if not Path(args.models).is_dir():
@@ -350,24 +384,35 @@ def run_app(args: argparse.Namespace) -> int:
     os.execv(cmd[0], cmd)  # streamlit replaces this process, so Ctrl-C and kill reach it directly
 
 
-def build_parser() -> argparse.ArgumentParser:
+SUBCOMMANDS = {"train": add_train_parser, "evaluate": add_evaluate_parser, "export": add_export_parser,
+               "predict": add_predict_parser, "pretrain": add_pretrain_parser, "experiment": add_experiment_parser,
+               "app": add_app_parser}
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The command line. A training command not in `commands` (None: all) gets only its help line, so
+    that `weedseg predict` and `weedseg app` never import the training code or torch."""
     parser = argparse.ArgumentParser(prog="weedseg", description="Crop / weed / soil segmentation for field images.")
     parser.add_argument("--version", action="version", version=f"weedseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_train_parser(sub)
-    add_evaluate_parser(sub)
-    add_export_parser(sub)
-    add_predict_parser(sub)
-    add_pretrain_parser(sub)
-    add_experiment_parser(sub)
-    add_app_parser(sub)
+    for name, add_parser in SUBCOMMANDS.items():
+        if name in TRAINING_COMMANDS and commands is not None and name not in commands:
+            sub.add_parser(name, help=TRAINING_COMMANDS[name])
+            continue
+        if name in TRAINING_COMMANDS:
+            require_torch(name)
+        add_parser(sub)
+    for subparser in sub.choices.values():
+        subparser.formatter_class = DefaultsHelpFormatter
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `weedseg` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        args = build_parser([command] if command else []).parse_args(argv)
         return args.func(args)
     except WeedsegError as exc:
         print(f"weedseg: error: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import WeedsegError
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import EvalResize, SegmentationDataset, open_dataset
 from .metrics import ConfusionMatrix
@@ -17,17 +18,21 @@ from .runtime import channels_last, resolve_device, to_device
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset: SegmentationDataset, num_classes: int,
-                   device: torch.device, progress: bool = False) -> ConfusionMatrix:
+                   device: torch.device, progress: bool = False, order: list[int] | None = None) -> ConfusionMatrix:
     """Predict every image of `dataset` one at a time (sizes may differ) and accumulate the confusion matrix.
 
-    Logits are resized to the mask's size when they differ (full-resolution scoring).
+    Logits are resized to the mask's size when they differ (full-resolution scoring). `order[i]`
+    is the model output of the dataset's class i, when the two list their classes differently.
     """
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes)
-    for i in tqdm(range(len(dataset)), desc="evaluating", unit="img", leave=False, disable=not progress):
+    for i in tqdm(range(len(dataset)), desc="evaluating", unit="img",
+                  leave=True, disable=not progress):  # leave: the bar ends its line, logs stay readable
         image, mask = dataset[i]
         logits = model(to_device(image.unsqueeze(0), device))
+        if order is not None:
+            logits = logits[:, order]
         if logits.shape[-2:] != mask.shape[-2:]:
             logits = F.interpolate(logits.float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
         cm.update(logits.argmax(1)[0].cpu(), mask)
@@ -46,11 +51,12 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, split: str = "test
         short_side = model_short_side(ckpt)
     dev = resolve_device(device)
     model = channels_last(model_from_checkpoint(ckpt).to(dev))
-    data = open_dataset(dataset, data_root)
+    data = open_dataset(dataset, data_root, need=(split,))
+    order = class_order(ckpt["classes"], data.classes)
     norm = ckpt["normalization"]
     ds = SegmentationDataset(data.layout, data.splits[split], EvalResize(short_side, full_res), norm["mean"], norm["std"])
-    cm = evaluate_model(model, ds, ckpt["model"]["num_classes"], dev, progress=True)
-    summary = cm.summary(ckpt["classes"])
+    cm = evaluate_model(model, ds, len(data.classes), dev, progress=True, order=order)
+    summary = cm.summary(data.classes)
     summary.update(
         checkpoint=str(checkpoint), dataset=dataset, split=split, images=len(ds),
         input_short_side=short_side,
@@ -58,6 +64,24 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, split: str = "test
         + f", model input {'native' if short_side == 0 else f'short side {short_side}'}",
     )
     return summary
+
+
+def class_order(model_classes: list[str], data_classes: list[str]) -> list[int] | None:
+    """For each dataset class, the model output of that name; None when both list the same classes in the same order.
+
+    The same classes in another order are matched by name (and this is printed); other classes are an error.
+    """
+    if model_classes == data_classes:
+        return None
+    if sorted(model_classes) != sorted(data_classes):
+        lacks = [c for c in model_classes if c not in data_classes]
+        extra = [c for c in data_classes if c not in model_classes]
+        raise WeedsegError(
+            f"the model's classes {model_classes} differ from the dataset's {data_classes}"
+            + (f"; the dataset lacks {lacks}" if lacks else "") + (f"; the model lacks {extra}" if extra else "")
+            + ": name the classes alike in dataset.toml ([class_map]), or evaluate a model trained on these classes")
+    print(f"the model lists its classes as {model_classes}, the dataset as {data_classes}: matched by name")
+    return [model_classes.index(name) for name in data_classes]
 
 
 def model_short_side(ckpt: dict) -> int:

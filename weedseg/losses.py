@@ -1,4 +1,7 @@
-"""Segmentation losses: soft Jaccard (the paper's), cross-entropy, or both; optional class weights."""
+"""Segmentation losses: soft Jaccard (the paper's), cross-entropy, or both; optional class weights.
+
+Target pixels equal to IGNORE_INDEX (a dataset's `ignore` value) add nothing to either loss.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.layouts import IGNORE_INDEX
+
 LOSSES = ("jaccard", "ce", "jaccard+ce")
 
 
 class SoftJaccardLoss(nn.Module):
-    """1 - soft IoU per class from softmax probabilities over the whole batch, averaged over classes."""
+    """1 - soft IoU per class from softmax probabilities over the whole batch, averaged over classes.
+
+    Pixels whose target is IGNORE_INDEX are left out of both the intersection and the union.
+    """
 
     def __init__(self, class_weights: torch.Tensor | None = None, eps: float = 1.0) -> None:
         super().__init__()
@@ -18,8 +26,9 @@ class SoftJaccardLoss(nn.Module):
         self.eps = eps
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        prob = logits.float().softmax(1)
-        onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+        valid = (target != IGNORE_INDEX).unsqueeze(1)
+        prob = logits.float().softmax(1) * valid
+        onehot = F.one_hot(target.masked_fill(~valid[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
         dims = (0, 2, 3)
         inter = (prob * onehot).sum(dims)
         union = prob.sum(dims) + onehot.sum(dims) - inter
@@ -34,9 +43,10 @@ def build_loss(name: str, class_weights: torch.Tensor | None = None) -> nn.Modul
     if name == "jaccard":
         return SoftJaccardLoss(class_weights)
     if name == "ce":
-        return nn.CrossEntropyLoss(weight=class_weights)
+        return nn.CrossEntropyLoss(weight=class_weights, ignore_index=IGNORE_INDEX)
     if name == "jaccard+ce":
-        jaccard, ce = SoftJaccardLoss(class_weights), nn.CrossEntropyLoss(weight=class_weights)
+        jaccard = SoftJaccardLoss(class_weights)
+        ce = nn.CrossEntropyLoss(weight=class_weights, ignore_index=IGNORE_INDEX)
         return _Sum(jaccard, ce)
     raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
 

@@ -38,6 +38,8 @@ def find_dataset_root(name: str, data_root: str | Path | None = None) -> Path:
     for path in tried:
         if path.is_dir() and any(path.glob(marker)):
             return path.resolve()
+    if name == "folder" and data_root is not None and Path(data_root).is_dir():
+        return Path(data_root).resolve()  # its layout explains the dataset.toml it needs
     looked = "\n".join(f"  {p}" for p in tried)
     hint = "--data-root PATH" if data_root is None else "a different --data-root"
     raise WeedsegError(

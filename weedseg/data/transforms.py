@@ -1,13 +1,18 @@
-"""Augmentation and resizing on uint8 numpy arrays (image HxWx3 RGB, mask HxW class indices)."""
+"""Augmentation and resizing on uint8 numpy arrays (image HxWx3 RGB, mask HxW class indices).
+
+Imports no torch (inference uses resize_short_side without it); only `normalize` needs torch."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def random_resized_crop(
@@ -101,6 +106,8 @@ class EvalResize:
 
 def normalize(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW float tensor, scaled to [0, 1] then standardised per channel."""
+    import torch
+
     if not image.flags.writeable:  # cached decodes are read-only; torch wants a writable buffer
         image = image.copy()
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)

@@ -1,0 +1,147 @@
+"""An install as a user gets it: inference without torch, and the built wheel in a fresh virtual
+environment, run from a folder that is not the checkout."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A sitecustomize that makes torch unimportable, as in an install without the [train] extra.
+NO_TORCH = '''import sys
+
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is not installed (blocked by the test)")
+        return None
+
+
+sys.meta_path.insert(0, NoTorch())
+'''
+
+
+def no_torch_env(tmp_path: Path) -> dict[str, str]:
+    """Environment whose Python processes cannot import torch."""
+    folder = tmp_path / "no_torch"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(NO_TORCH)
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
+def run_python(python: str | Path, code: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+PREDICT_WITHOUT_TORCH = '''
+import sys
+from weedseg.cli import main
+code = main(["predict", sys.argv[1], "--out", "out"])
+assert "torch" not in sys.modules, "weedseg predict imported torch"
+import weedseg.infer.image, weedseg.infer.pipeline, weedseg.infer.session
+assert "torch" not in sys.modules, "weedseg.infer imported torch"
+print("exit", code)
+'''
+
+
+def test_predict_and_infer_without_torch(tmp_path, peanut_root):
+    image = sorted((peanut_root / "images").glob("*.jpg"))[0]
+    env = no_torch_env(tmp_path)
+    done = subprocess.run([sys.executable, "-c", PREDICT_WITHOUT_TORCH, str(image)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "exit 0" in done.stdout
+    assert (tmp_path / "out" / f"{image.stem}.mask.png").is_file()
+
+
+def test_training_command_without_torch_says_what_to_install(tmp_path):
+    env = no_torch_env(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "weedseg.cli", "train", "--epochs", "1"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "pip install 'weedseg[train]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(port: int, server: subprocess.Popen, timeout: float = 30) -> str:
+    """The body of Streamlit's health endpoint once the server answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stdout.read() if server.stdout else "server exited"
+        try:
+            with urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=2) as reply:
+                return reply.read().decode()
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"weedseg app did not answer on port {port} within {timeout} s")
+
+
+APP_RENDERS = '''
+import sys
+from streamlit.testing.v1 import AppTest
+from weedseg.resources import APP_SCRIPT
+at = AppTest.from_file(str(APP_SCRIPT), default_timeout=60).run()
+assert not at.exception, at.exception
+assert at.sidebar.selectbox[0].value == "weedseg-peanut-default.onnx", at.sidebar.selectbox[0].value
+assert "torch" not in sys.modules
+print(APP_SCRIPT)
+'''
+
+
+@pytest.mark.slow
+def test_wheel_in_fresh_venv_predicts_and_serves_the_app(tmp_path, peanut_root):
+    """Build the wheel, install it without dependencies into a new venv that borrows this venv's packages
+    (offline), then run predict and the app from a temporary folder, with torch blocked."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(REPO)], check=True, capture_output=True, timeout=120)
+    wheel = next(wheels.glob("weedseg-*.whl"))
+    assert wheel.stat().st_size < 40e6
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, capture_output=True, timeout=120)
+    site = Path(run_python(python, "import sysconfig; print(sysconfig.get_path('purelib'))", dict(os.environ),
+                           tmp_path).stdout.strip())
+    (site / "borrowed_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = no_torch_env(tmp_path)
+    image = sorted((peanut_root / "images").glob("*.jpg"))[0]
+    done = subprocess.run([str(venv / "bin" / "weedseg"), "predict", str(image), "--out", "out"], env=env, cwd=work,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (work / "out" / f"{image.stem}.mask.png").is_file()
+    assert str(site) in done.stderr  # the model came from the installed wheel, not the checkout
+
+    rendered = run_python(python, APP_RENDERS, env, work)
+    assert rendered.returncode == 0, rendered.stderr
+    assert rendered.stdout.strip().startswith(str(site))
+
+    port = free_port()
+    server = subprocess.Popen([str(venv / "bin" / "weedseg"), "app", "--port", str(port)], env=env, cwd=work,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for_health(port, server) == "ok"
+        with urllib.request.urlopen(f"http://localhost:{port}/", timeout=5) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
