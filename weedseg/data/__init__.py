@@ -68,12 +68,10 @@ def open_dataset(name: str, data_root: str | Path | None = None, train_fraction:
     from ..distributed import is_main  # torch: imported only where a dataset is opened
 
     if is_main():
-        print(f"{name} dataset at {root}: {sizes}{cut}; split {split.source}", flush=True)
+        print(f"{name} dataset at {root}: {sizes}{cut}; {split.source}", flush=True)
     for s in need:
         if not ids[s]:
-            only_test = not ids["train"] and ids["test"]
-            hint = ("; its split lists only test images: an evaluate-only dataset, for `weedseg evaluate`"
-                    if only_test else "")
-            hint += f" ({len(samples)} samples in all; split {split.source})"
-            raise WeedsegError(f"{name} dataset under {root}: the {s} split is empty{hint}")
+            what = ("only test images, an evaluate-only dataset for `weedseg evaluate`"
+                    if not ids["train"] and ids["test"] else sizes)
+            raise WeedsegError(f"{name} dataset under {root}: the {s} split is empty ({split.source}: {what})")
     return LabelledData(layout, {s: [by_id[i] for i in ids[s]] for s in SPLITS}, split.source)

@@ -31,7 +31,7 @@ SPLIT_FILE = "split.json"
 
 @dataclass
 class Split:
-    """Sample ids per split and a sentence saying where they came from."""
+    """Sample ids per split and where they came from ("split from FILE ...", "no split file ...")."""
 
     ids: dict[str, list[str]]
     source: str
@@ -70,11 +70,10 @@ def load_split(dataset: str, root: Path, ids: list[str]) -> Split:
             raise WeedsegError(f"no {root / SPLIT_FILE}, but {root} holds {lookalikes}: weedseg reads a split only "
                                f"from a file named {SPLIT_FILE}; rename yours to that, or move it away to use a "
                                "seeded random split")
-        looked = " or ".join(str(p) for p in split_file_candidates(dataset, root))
-        return Split(make_split(ids), f"no split file ({looked}): a random 70/10/20 split of the "
-                                      f"{len(ids)} images with seed {SPLIT_SEED}")
+        return Split(make_split(ids), f"no split file ({root / SPLIT_FILE} not found), so a random 70/10/20 split "
+                                      f"of the {len(ids)} images with seed {SPLIT_SEED}")
     split = read_split_file(path, ids)
-    source = f"from {path}"
+    source = f"split from {path}"
     if not split.get("val") and split.get("train"):
         split["train"], split["val"] = carve_val(split["train"], path)
         source += f" (no 'val' list: {len(split['val'])} of its train images, chosen with seed {SPLIT_SEED})"
