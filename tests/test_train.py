@@ -90,3 +90,23 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(10, 100, 10, 0.01) == 1.0
     assert abs(warmup_cosine(100, 100, 10, 0.01) - 0.01) < 1e-12
     assert warmup_cosine(55, 100, 10, 0.01) < warmup_cosine(30, 100, 10, 0.01)
+
+
+def test_iteration_budget_and_smoothed_best(tmp_path, peanut_root):
+    """An iteration budget fixes the optimiser steps whatever the dataset size (ending inside an epoch);
+    best.pt follows the mean of the last `smooth_evals` validations."""
+    from weedseg.train import schedule
+
+    cfg = TrainConfig(dataset="peanut", data_root=str(peanut_root), out=str(tmp_path / "run"), iterations=7,
+                      warmup_iterations=2, eval_every=1, smooth_evals=2, train_fraction=0.06, eval_short_side=96,
+                      seed=1, workers=0)
+    assert schedule(cfg, 2) == (7, 2, 4)
+    assert schedule(TrainConfig(epochs=5, warmup_epochs=1), 3) == (15, 3, 5)
+    train(cfg)
+    log = read_log(tmp_path / "run")  # 16 images, batch 8: 2 steps per epoch, so 4 epochs, the last one short
+    assert [r["iteration"] for r in log] == [2, 4, 6, 7]
+    smoothed = [r["val_miou_smoothed"] for r in log]
+    assert smoothed[0] == log[0]["val_miou"]
+    assert abs(smoothed[2] - (log[1]["val_miou"] + log[2]["val_miou"]) / 2) < 1e-12
+    best = load_checkpoint(tmp_path / "run" / "best.pt")["metrics"]["epoch"]
+    assert best == 1 + max(range(4), key=lambda i: smoothed[i])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Collection
 from dataclasses import fields
@@ -11,6 +12,9 @@ from pathlib import Path
 
 from . import WeedsegError, __version__
 from .data import DATASETS, SPLITS
+from .infer.engines import ENGINES
+from .infer.pipeline import OUTPUTS
+from .infer.metadata import MAX_INPUT_SHORT_SIDE
 
 # The commands that need PyTorch (`pip install 'weedseg[train]'`) and their one-line help.
 TRAINING_COMMANDS = {
@@ -51,6 +55,19 @@ def config_from_args(config_cls: type, presets: dict[str, dict], args: argparse.
     return config_cls(**values)
 
 
+def refuse_settings_on_resume(config_cls: type, args: argparse.Namespace) -> None:
+    """With --resume, a run continues with the settings it was started with: any flag that sets one is refused
+    (where the run is, --out, and how it runs, --device and --workers, may be given)."""
+    if not getattr(args, "resume", False):
+        return
+    given = [f"--{f.name.replace('_', '-')}" for f in fields(config_cls)
+             if f.name not in ("out", "device", "workers") and getattr(args, f.name, None) is not None]
+    if given:
+        raise WeedsegError(f"--resume continues the run in --out with the settings it was started with, so "
+                           f"{', '.join(given)} cannot change them; resume without them, or start a new run "
+                           "with another --out")
+
+
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from .losses import LOSSES
     from .models import MODELS
@@ -61,7 +78,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a crop/weed segmentation model. A --budget preset sets the model and "
                                    "schedule; any flag given overrides it. Ctrl-C keeps every finished epoch: "
                                    "continue with --resume.")
-    p.add_argument("--dataset", choices=DATASETS, default="peanut", help="labelled dataset to use")
+    p.add_argument("--dataset", choices=DATASETS, help="labelled dataset to use (default peanut)")
     p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, field_data/, ../shared/field_data/)")
     p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
                    help="cpu: compact model, about 10 min on 2 cores; paper: ResNet-34 U-Net, 500 epochs (GPU)")
@@ -69,19 +86,24 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
     p.add_argument("--model", choices=list(MODELS))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--iterations", type=int,
+                   help="budget in optimiser steps, whatever the dataset size (the cpu preset: 2800)")
+    p.add_argument("--epochs", type=int_in(1), help="budget in epochs instead of --iterations (the paper preset: 500)")
+    p.add_argument("--warmup-iterations", type=int, help="with --iterations: warm-up steps (default an eighth)")
+    p.add_argument("--batch-size", type=int_in(1))
     p.add_argument("--crop", type=int, help=f"training crop size in pixels (default {defaults.crop})")
     p.add_argument("--crop-scale", type=comma_floats(2),
                    help="area fraction of the photo a training crop covers, as MIN,MAX (default "
                         f"{','.join(map(str, defaults.crop_scale))}; for native-scale crops of a 960x720 photo at "
                         "--crop 256: 0.05,0.2)")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
+    p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {defaults.lr})")
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--loss", choices=LOSSES, help=f"default {defaults.loss}")
     p.add_argument("--class-weights", help="none, auto (1/sqrt of class frequency) or numbers, e.g. 1,2,4")
     p.add_argument("--eval-short-side", type=int, help=f"validation resolution (default {defaults.eval_short_side})")
-    p.add_argument("--eval-every", type=int, help="validate every N epochs (default 1)")
+    p.add_argument("--eval-every", type=int, help="validate every N epochs (default: about 40 validations per run)")
+    p.add_argument("--smooth-evals", type=int,
+                   help=f"best.pt is where the mean of the last N validation mIoUs peaks (default {defaults.smooth_evals})")
     p.add_argument("--train-fraction", type=float, help="use only this fraction of the training split (low-data runs)")
     p.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
     p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
@@ -98,7 +120,11 @@ def run_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .train import PRESETS, TrainConfig, train
 
+    refuse_settings_on_resume(TrainConfig, args)
+    args.dataset = args.dataset or "peanut"
     cfg = config_from_args(TrainConfig, PRESETS, args, f"runs/{args.dataset}-{args.budget}")
+    if args.epochs is not None and args.iterations is None:  # an explicit epoch budget replaces the preset's
+        cfg.iterations = cfg.warmup_iterations = None
     try:
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
@@ -113,7 +139,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=DATASETS, default="peanut", help="labelled dataset to use")
     p.add_argument("--data-root")
     p.add_argument("--split", choices=SPLITS, default="test", help="split to score")
-    p.add_argument("--short-side", type=int,
+    p.add_argument("--short-side", type=int_in(0, MAX_INPUT_SHORT_SIDE),
                    help="input resolution: resize the short side to this, 0 = native (default: the resolution the "
                         "model was validated at during training, from the checkpoint)")
     p.add_argument("--full-res", action="store_true", help="score at the original mask resolution (logits upsampled)")
@@ -126,15 +152,47 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
     from .metrics import format_summary
 
+    out, where = metrics_path(args)
+    check_writable(out)  # before the evaluation, not after it
     summary = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_root,
                                   args.short_side, args.full_res, args.device)
     print(f"{args.dataset} {args.split}: {summary['images']} images, scored at {summary['scored_at']}")
     print(format_summary(summary))
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.{args.dataset}-{args.split}.json")
     out.write_text(json.dumps(summary, indent=2))
-    print(f"metrics written to {out}")
+    print(f"metrics written to {out}{where}")
     return 0
+
+
+def metrics_path(args: argparse.Namespace) -> tuple[Path, str]:
+    """Where `evaluate` writes its JSON, and why there when not obvious: --out, else next to the checkpoint
+    when that folder is writable and not inside the installed package (the shipped models), else the
+    current folder. The name holds the dataset (and a folder dataset's folder name) and split."""
+    from .resources import package_path
+
+    if args.out:
+        return Path(args.out), ""
+    ckpt = Path(args.checkpoint)
+    data = args.dataset if args.dataset != "folder" or not args.data_root else f"folder-{Path(args.data_root).resolve().name}"
+    name = f"{ckpt.stem}.{data}-{args.split}.json"
+    folder = ckpt.resolve().parent
+    if folder.is_relative_to(package_path()):
+        return Path.cwd() / name, " (the current folder: the checkpoint is one shipped with weedseg)"
+    if not os.access(folder, os.W_OK):
+        return Path.cwd() / name, f" (the current folder: {folder} is not writable)"
+    return ckpt.with_name(name), ""
+
+
+def check_writable(path: Path) -> None:
+    """Create `path`'s folder and make sure a file can be written there; WeedsegError saying what to do if not."""
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise WeedsegError(f"cannot write {path} ({exc.strerror or exc}); choose another --out") from exc
+    if not existed:
+        path.unlink()
 
 
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
@@ -162,10 +220,10 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
     p.add_argument("--model", choices=list(MODELS))
-    p.add_argument("--epochs", type=int, help="epochs per selective step, E (random masking trains as many iterations)")
-    p.add_argument("--batch-size", type=int, help="global batch, split over processes")
+    p.add_argument("--epochs", type=int_in(1), help="epochs per selective step, E (random masking trains as many iterations)")
+    p.add_argument("--batch-size", type=int_in(1), help="global batch, split over processes")
     p.add_argument("--crop", type=int, help=f"training crop size (default {d.crop})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--partitions", type=int, help=f"P, selective steps (default {d.partitions})")
     p.add_argument("--draws", type=int, help=f"S, random masks per image when scoring (default {d.draws})")
@@ -187,6 +245,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from . import distributed
     from .ssl.pretrain import PRESETS, PretrainConfig, pretrain
 
+    refuse_settings_on_resume(PretrainConfig, args)
     if args.dataset is None and not args.images:
         args.dataset = "peanut"
     source = "+".join(([args.dataset] if args.dataset else []) + [Path(f).name for f in args.images or []])
@@ -209,15 +268,18 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a .pt file written by `weedseg train`")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--int8", action="store_true", help="also write an INT8 model next to --out (<out>.int8.onnx)")
-    p.add_argument("--input-short-side", type=int,
+    p.add_argument("--input-short-side", type=int_in(0, MAX_INPUT_SHORT_SIDE),
                    help="resolution predict feeds the model: short side in pixels, 0 = native "
                         "(default: the checkpoint's eval short side, else 256)")
     p.add_argument("--dataset", choices=DATASETS, default="peanut",
                    help="labelled images for the self-check, INT8 calibration (train) and scoring")
     p.add_argument("--data-root")
     p.add_argument("--split", choices=SPLITS, default="val", help="split the FP32 and INT8 mIoU are scored on")
-    p.add_argument("--calibration-images", type=int, default=32, help="training images that calibrate INT8")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |ONNX - torch| logit difference")
+    p.add_argument("--calibration-images", type=int_in(1), default=32, help="training images that calibrate INT8")
+    p.add_argument("--tolerance", type=positive_float, default=1e-3, help="largest allowed |ONNX - torch| logit difference")
+    p.add_argument("--train-gsd", type=float, metavar="CM_PER_PIXEL",
+                   help="ground sampling distance of the training images at --input-short-side, where known; "
+                        "predict then warns when an image's is far from it (docs/spray-maps.md)")
     p.set_defaults(func=run_export)
 
 
@@ -227,7 +289,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     data = open_dataset(args.dataset, args.data_root)
     export_checkpoint(args.checkpoint, args.out, data, args.input_short_side, tolerance=args.tolerance,
-                      int8=args.int8, calibration_images=args.calibration_images, score_split=args.split)
+                      int8=args.int8, calibration_images=args.calibration_images, score_split=args.split,
+                      train_gsd_cm=args.train_gsd)
     return 0
 
 
@@ -241,31 +304,56 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="an image or a folder")
     p.add_argument("--model", help="an ONNX file from `weedseg export` (default: the shipped weedseg-peanut-default.onnx)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--short-side", type=int,
+    p.add_argument("--short-side", type=int_in(0, MAX_INPUT_SHORT_SIDE),
                    help="resize images to this short side before the model, 0 = native (default: the model's)")
-    p.add_argument("--tile", type=int, default=1024, help="tile size in model pixels for large images (default 1024)")
-    p.add_argument("--overlap", type=int, default=128, help="tile overlap in model pixels (default 128)")
-    p.add_argument("--batch-size", type=int, default=4, help="images (or tiles) per model call")
-    p.add_argument("--grid-cell", type=int, default=256, help="weed grid cell size in image pixels (default 256)")
+    p.add_argument("--tile", type=int_in(32), default=1024, help="tile size in model pixels for large images (default 1024)")
+    p.add_argument("--overlap", type=int_in(0), default=128, help="tile overlap in model pixels (default 128)")
+    p.add_argument("--batch-size", type=int_in(1), default=4, help="images (or tiles) per model call")
+    p.add_argument("--grid-cell", type=int_in(1), default=256, help="weed grid cell size in image pixels (default 256)")
     p.add_argument("--overlay-format", choices=["jpg", "png"], default="jpg", help="file type of the colour overlays")
+    p.add_argument("--outputs", type=output_kinds, default=OUTPUTS, metavar="mask,overlay,grid",
+                   help="files to write per image (default: all three); the mask is always written, as it marks an "
+                        "image done, so `--outputs mask` skips the overlay and grid work")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else the CPU")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: all cores)")
-    p.add_argument("--workers", type=int, default=0, help="reader and writer threads each (default: automatic)")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto: on the CPU, the faster installed engine for this model, timed once and remembered "
+                        "(docs/inference.md); openvino needs pip install 'weedseg[openvino]'")
+    p.add_argument("--threads", type=int_in(0), default=0, help="inference threads (default: all cores)")
+    p.add_argument("--workers", type=int_in(0), default=0, help="reader and writer threads each (default: automatic)")
+    g = p.add_argument_group("ground units and spot spraying (docs/spray-maps.md)")
+    g.add_argument("--gsd", type=float, metavar="CM_PER_PIXEL",
+                   help="ground sampling distance of every image (default: a GeoTIFF's pixel scale, or EXIF with "
+                        "--altitude; without one, areas stay in pixels)")
+    g.add_argument("--altitude", type=float, metavar="M", help="camera height above the ground, for the GSD from "
+                   "the EXIF focal length (35 mm equivalent, or with --sensor-width-mm)")
+    g.add_argument("--sensor-width-mm", type=float, help="the long side of the camera's sensor, with --altitude")
+    g.add_argument("--cell-m", type=float, metavar="M", help="grid cell size in metres, e.g. a boom section "
+                   "(images with a GSD; others use --grid-cell pixels)")
+    g.add_argument("--spray-threshold", type=float, default=1.0, metavar="PCT",
+                   help="weed cover of a cell, in percent, from which it is sprayed (default 1)")
+    g.add_argument("--min-patch", type=float, default=0.0, help="weed patches smaller than this are ignored "
+                   "as specks: cm² with a GSD, pixels without (default 0: none)")
+    g.add_argument("--patches", action="store_true", help="also draw each weed patch as a polygon in the spray maps")
     p.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     import logging
 
+    from .infer.geo import GroundOptions
     from .infer.pipeline import PredictOptions, predict_path
     from .infer.session import Segmenter, resolve_model_path
+    from .infer.spray import SpraySettings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False)
+    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False, engine=args.engine)
     options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
-                             args.overlay_format, args.overwrite, args.workers)
+                             args.overlay_format, args.overwrite, args.workers,
+                             GroundOptions(args.gsd, args.altitude, args.sensor_width_mm),
+                             SpraySettings(args.spray_threshold, args.min_patch, args.cell_m, args.patches),
+                             args.outputs)
     try:
         summary = predict_path(args.input, args.out, seg, options)
     except KeyboardInterrupt:
@@ -280,12 +368,46 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def output_kinds(text: str) -> tuple[str, ...]:
+    """`--outputs mask,overlay` as a tuple that always holds the mask."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(OUTPUTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown output {', '.join(unknown)}; choose from {','.join(OUTPUTS)}")
+    return tuple(k for k in OUTPUTS if k in kinds or k == "mask")
+
+
 def comma_fractions(text: str) -> tuple[float, ...]:
     """`--fractions 1,0.25,0.1` as numbers (argparse reports a bad value as a usage error)."""
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.25,0.1, got {text!r}") from None
+
+
+def int_in(low: int, high: int | None = None):
+    """An argparse type: a whole number from `low` (up to `high`), e.g. `--grid-cell` at least 1."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0, e.g. `--lr 0.001`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
 
 
 def comma_floats(count: int):
@@ -384,9 +506,32 @@ def run_app(args: argparse.Namespace) -> int:
     os.execv(cmd[0], cmd)  # streamlit replaces this process, so Ctrl-C and kill reach it directly
 
 
+def add_dataset_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dataset", help="check a labelled dataset before training",
+                       description="Tools for labelled datasets. `weedseg dataset check` validates one before training.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = actions.add_parser("check", help="validate a dataset and summarise it (exit status 1 when it has problems)",
+                           description="Validate a labelled dataset before training: image and mask pairing and "
+                                       "sizes, EXIF orientation of the photos against their masks, mask values "
+                                       "outside the class map, the split (overlaps, unknown ids), photos repeated "
+                                       "across splits and class shares per split. Prints a summary and one line per "
+                                       "problem; the exit status is 1 when there are problems.")
+    c.add_argument("--dataset", choices=DATASETS, default="folder", help="dataset layout")
+    c.add_argument("--data-root", help="folder holding the dataset (for folder: the one with dataset.toml)")
+    c.set_defaults(func=run_dataset_check)
+
+
+def run_dataset_check(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset, format_check
+
+    report = check_dataset(args.dataset, args.data_root)
+    print(format_check(report))
+    return 1 if report.problems else 0
+
+
 SUBCOMMANDS = {"train": add_train_parser, "evaluate": add_evaluate_parser, "export": add_export_parser,
                "predict": add_predict_parser, "pretrain": add_pretrain_parser, "experiment": add_experiment_parser,
-               "app": add_app_parser}
+               "app": add_app_parser, "dataset": add_dataset_parser}
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:

@@ -350,7 +350,8 @@ def _train_step(ddp: nn.Module, dataset: MaskedImages, step: int, iterations: in
         scheduler.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
         it = resume_state["iteration"]
-    epoch, last_save, loss_sum, loss_count = it // per_epoch, it, 0.0, 0
+    zero = torch.zeros((), dtype=torch.float64, device=device)  # losses summed on the device: no sync per step
+    epoch, last_save, loss_sum, loss_count = it // per_epoch, it, zero, 0
     t_train, sec = time.perf_counter(), progress["seconds"]
     while it < iterations:
         torch.manual_seed(((cfg.seed * 1_000_003 + step) * 100_003 + epoch) * world + rank)  # dropout stream
@@ -366,7 +367,7 @@ def _train_step(ddp: nn.Module, dataset: MaskedImages, step: int, iterations: in
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            loss_sum, loss_count, it = loss_sum + loss.item(), loss_count + 1, it + 1
+            loss_sum, loss_count, it = loss_sum + loss.detach(), loss_count + 1, it + 1
             bar.update(1)
             if it == iterations:
                 break
@@ -377,7 +378,7 @@ def _train_step(ddp: nn.Module, dataset: MaskedImages, step: int, iterations: in
             sec["total"] += now - t0
             t_train = t0 = now
             record = {"step": step, "epoch": epoch, "iteration": it, "global_iteration": done_before + it,
-                      "loss": distributed.mean(loss_sum / loss_count), "lr": scheduler.get_last_lr()[0]}
+                      "loss": distributed.mean(loss_sum.item() / loss_count), "lr": scheduler.get_last_lr()[0]}
             distributed.sync_buffers(ddp)
             if distributed.is_main():
                 with (out / "log.jsonl").open("a") as f:
@@ -386,5 +387,5 @@ def _train_step(ddp: nn.Module, dataset: MaskedImages, step: int, iterations: in
                                 scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), config=asdict(cfg))
                 save_checkpoint(out / "last.pt", ddp, meta, pretrain_state=progress)
             bar.set_postfix(step=f"{step + 1}", loss=f"{record['loss']:.3f}")
-            last_save, loss_sum, loss_count = it, 0.0, 0
+            last_save, loss_sum, loss_count = it, zero, 0
 
