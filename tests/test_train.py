@@ -110,3 +110,21 @@ def test_iteration_budget_and_smoothed_best(tmp_path, peanut_root):
     assert abs(smoothed[2] - (log[1]["val_miou"] + log[2]["val_miou"]) / 2) < 1e-12
     best = load_checkpoint(tmp_path / "run" / "best.pt")["metrics"]["epoch"]
     assert best == 1 + max(range(4), key=lambda i: smoothed[i])
+
+
+def test_flip_tta_and_scoring_resolution(trained_run, peanut):
+    """TTA averages the logits of an image and its mirror; masks can be scored at another resolution than the input."""
+    from weedseg.evaluate import predict_logits
+
+    model = torch.nn.Conv2d(3, 3, 3, padding=1)
+    x = torch.rand(1, 3, 8, 10)
+    expected = (model(x) + model(x.flip(-1)).flip(-1)) / 2
+    assert torch.allclose(predict_logits(model, x, tta=True), expected)
+    root = str(peanut.layout.root)
+    plain = evaluate_checkpoint(trained_run / "best.pt", "peanut", "val", root, short_side=128, score_short_side=64)
+    tta = evaluate_checkpoint(trained_run / "best.pt", "peanut", "val", root, short_side=128, score_short_side=64,
+                              tta=True)
+    pixels = sum(map(sum, plain["confusion_matrix"]))
+    assert pixels == sum(map(sum, tta["confusion_matrix"])) == 40 * 64 * 85  # 40 val masks at 64 x 85
+    assert plain["scored_at"].startswith("short side 64") and tta["tta"] == "flip"
+    assert plain["confusion_matrix"] != tta["confusion_matrix"]

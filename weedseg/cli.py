@@ -143,6 +143,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    help="input resolution: resize the short side to this, 0 = native (default: the resolution the "
                         "model was validated at during training, from the checkpoint)")
     p.add_argument("--full-res", action="store_true", help="score at the original mask resolution (logits upsampled)")
+    p.add_argument("--score-short-side", type=int,
+                   help="score on masks resized to this short side (default: the input resolution)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the logits of each image "
+                                                    "and its mirror image (twice the compute)")
     p.add_argument("--out", help="JSON file for the metrics (default: <checkpoint>.<dataset>-<split>.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.set_defaults(func=run_evaluate)
@@ -155,7 +159,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out, where = metrics_path(args)
     check_writable(out)  # before the evaluation, not after it
     summary = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_root,
-                                  args.short_side, args.full_res, args.device)
+                                  args.short_side, args.full_res, args.device, args.tta,
+                                  args.score_short_side)
     print(f"{args.dataset} {args.split}: {summary['images']} images, scored at {summary['scored_at']}")
     print(format_summary(summary))
     out.write_text(json.dumps(summary, indent=2))

@@ -16,13 +16,21 @@ from .metrics import ConfusionMatrix
 from .runtime import channels_last, resolve_device, to_device
 
 
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """The model's logits for batch `x`; with `tta`, the mean over `x` and its horizontal mirror."""
+    logits = model(x)
+    return (logits + model(x.flip(-1)).flip(-1)) / 2 if tta else logits
+
+
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset: SegmentationDataset, num_classes: int,
-                   device: torch.device, progress: bool = False, order: list[int] | None = None) -> ConfusionMatrix:
+                   device: torch.device, progress: bool = False, order: list[int] | None = None,
+                   tta: bool = False) -> ConfusionMatrix:
     """Predict every image of `dataset` one at a time (sizes may differ) and accumulate the confusion matrix.
 
     Logits are resized to the mask's size when they differ (full-resolution scoring). `order[i]`
     is the model output of the dataset's class i, when the two list their classes differently.
+    `tta`: average the logits of the image and of its mirror image (flip test-time augmentation).
     """
     was_training = model.training
     model.eval()
@@ -30,7 +38,7 @@ def evaluate_model(model: nn.Module, dataset: SegmentationDataset, num_classes: 
     for i in tqdm(range(len(dataset)), desc="evaluating", unit="img",
                   leave=True, disable=not progress):  # leave: the bar ends its line, logs stay readable
         image, mask = dataset[i]
-        logits = model(to_device(image.unsqueeze(0), device))
+        logits = predict_logits(model, to_device(image.unsqueeze(0), device), tta)
         if order is not None:
             logits = logits[:, order]
         if logits.shape[-2:] != mask.shape[-2:]:
@@ -41,7 +49,8 @@ def evaluate_model(model: nn.Module, dataset: SegmentationDataset, num_classes: 
 
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str, split: str = "test", data_root: str | None = None,
-                        short_side: int | None = None, full_res: bool = False, device: str = "auto") -> dict:
+                        short_side: int | None = None, full_res: bool = False, device: str = "auto",
+                        tta: bool = False, score_short_side: int | None = None) -> dict:
     """Evaluate a saved model on a dataset split; returns the metrics summary plus what was evaluated.
 
     `short_side` None takes the resolution the model was validated at in training (else 256); 0 is native.
@@ -54,13 +63,16 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, split: str = "test
     data = open_dataset(dataset, data_root, need=(split,))
     order = class_order(ckpt["classes"], data.classes)
     norm = ckpt["normalization"]
-    ds = SegmentationDataset(data.layout, data.splits[split], EvalResize(short_side, full_res), norm["mean"], norm["std"])
-    cm = evaluate_model(model, ds, len(data.classes), dev, progress=True, order=order)
+    resize = EvalResize(short_side, full_res, score_short_side)
+    ds = SegmentationDataset(data.layout, data.splits[split], resize, norm["mean"], norm["std"])
+    cm = evaluate_model(model, ds, len(data.classes), dev, progress=True, order=order, tta=tta)
     summary = cm.summary(data.classes)
     summary.update(
         checkpoint=str(checkpoint), dataset=dataset, split=split, images=len(ds),
         input_short_side=short_side,
-        scored_at=("full resolution" if full_res or short_side == 0 else f"short side {short_side}")
+        tta="flip" if tta else None,
+        scored_at=("full resolution" if full_res or (short_side == 0 and not score_short_side)
+                   else f"short side {score_short_side or short_side}")
         + f", model input {'native' if short_side == 0 else f'short side {short_side}'}",
     )
     return summary

@@ -61,13 +61,21 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float, h
     return img
 
 
+def short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to `short_side` pixels (0: unchanged)."""
+    if short_side <= 0 or min(height, width) == short_side:
+        return width, height
+    s = short_side / min(height, width)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
 def resize_short_side(image: np.ndarray, short_side: int, nearest: bool = False) -> np.ndarray:
     """Resize so the shorter side is `short_side` pixels (0 keeps the full resolution)."""
     h, w = image.shape[:2]
-    if short_side <= 0 or min(h, w) == short_side:
+    size = short_side_size(w, h, short_side)
+    if size == (w, h):
         return image
     s = short_side / min(h, w)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
     interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     return cv2.resize(image, size, interpolation=interp)
 
@@ -92,15 +100,21 @@ class TrainAugment:
 
 @dataclass
 class EvalResize:
-    """Resize image and mask to the evaluation short side; `full_res_mask` keeps the mask at full size."""
+    """Resize the image to the model's input short side and the mask to the scoring resolution.
+
+    The mask follows the image unless `full_res_mask` (keep it at full size) or `mask_short_side`
+    (resize it to that short side) says otherwise; evaluation resizes the logits to the mask.
+    """
 
     short_side: int = 256
     full_res_mask: bool = False
+    mask_short_side: int | None = None
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         image = resize_short_side(image, self.short_side)
         if not self.full_res_mask:
-            mask = resize_short_side(mask, self.short_side, nearest=True)
+            side = self.short_side if self.mask_short_side is None else self.mask_short_side
+            mask = resize_short_side(mask, side, nearest=True)
         return image, mask
 
 
