@@ -83,7 +83,8 @@ def test_upload_shows_results_and_bad_files_their_message(models, photo, monkeyp
     assert captions.count("Original") == captions.count("Overlay") == captions.count("Mask") == 2
     assert sum(c.startswith("Weed cover per 256 px cell") for c in captions) == 2
     labels = [m.label for m in at.metric]
-    assert labels == ["Crop cover", "Weed cover", "Weed : crop", "Cells with weeds"] * 2
+    assert labels == ["Crop cover", "Weed cover", "Weed : crop", "Cells with weeds",
+                      "Cells to spray", "Sprayed area", "Herbicide saving (estimate)"] * 2  # no GSD: no m² areas
     assert at.metric[3].value.endswith("of 12")  # 960 x 720 in 256 px cells: 4 x 3
     summary = at.dataframe[-1].value
     assert list(summary["Image"]) == ["field_1.jpg", "notes.jpg", "half.jpg", "huge.png", "crop.tif"]
@@ -143,7 +144,7 @@ def test_downloads_hold_every_file(models, photo):
     crop, weed = float(parsed[0]["crop_pct"]), float(parsed[0]["weed_pct"])
     assert ratio == (None if crop == 0 else pytest.approx(weed / crop, abs=1e-3))
     archive = zipfile.ZipFile(io.BytesIO(zip_bytes({"summary.csv": summary, **res.files(seg.info.colors, 0.5)})))
-    assert sorted(archive.namelist()) == ["a.grid.csv", "a.mask.png", "a.overlay.jpg", "summary.csv"]
+    assert sorted(archive.namelist()) == ["a.grid.csv", "a.mask.png", "a.overlay.jpg", "a.spray.geojson", "summary.csv"]
 
 
 def test_decode_image_refuses_bad_and_huge_files(photo):

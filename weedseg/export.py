@@ -50,12 +50,14 @@ class _ExportWrapper(nn.Module):
         return self.model(x)[..., :h, :w]
 
 
-def model_info(ckpt: dict, input_short_side: int, size_multiple: int, precision: str = "fp32") -> ModelInfo:
+def model_info(ckpt: dict, input_short_side: int, size_multiple: int, precision: str = "fp32",
+               train_gsd_cm: float | None = None) -> ModelInfo:
     """The ONNX metadata describing checkpoint `ckpt`."""
     return ModelInfo(
         model_name=ckpt["model"]["name"], classes=list(ckpt["classes"]), colors=ckpt["colors"],
         mean=ckpt["normalization"]["mean"], std=ckpt["normalization"]["std"], size_multiple=size_multiple,
         input_short_side=input_short_side, weedseg_version=__version__, precision=precision,
+        train_gsd_cm=train_gsd_cm,
     )
 
 
@@ -73,12 +75,13 @@ def save_with_metadata(src: str | Path, out: str | Path, info: ModelInfo) -> Non
     os.replace(tmp, out)
 
 
-def export_onnx(ckpt: dict, out: str | Path, input_short_side: int) -> ModelInfo:
-    """Export the checkpoint's model to `out` (FP32, dynamic batch/height/width) with its metadata."""
+def export_onnx(ckpt: dict, out: str | Path, input_short_side: int, train_gsd_cm: float | None = None) -> ModelInfo:
+    """Export the checkpoint's model to `out` (FP32, dynamic batch/height/width) with its metadata
+    (`train_gsd_cm`: the training images' ground sampling distance at `input_short_side`, where known)."""
     model = model_from_checkpoint(ckpt)
     multiple = int(getattr(model, "size_multiple", 32))
     wrapper = _ExportWrapper(model, multiple).eval()
-    info = model_info(ckpt, input_short_side, multiple)
+    info = model_info(ckpt, input_short_side, multiple, train_gsd_cm=train_gsd_cm)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     dynamic = {0: "batch", 2: "height", 3: "width"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,7 +201,8 @@ def int8_path(fp32_path: str | Path) -> Path:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledData, input_short_side: int | None = None,
                       check_split: str = "val", check_images: int = 4, tolerance: float = 1e-3,
-                      int8: bool = False, calibration_images: int = 32, score_split: str = "val") -> dict:
+                      int8: bool = False, calibration_images: int = 32, score_split: str = "val",
+                      train_gsd_cm: float | None = None) -> dict:
     """`weedseg export`: export, self-check against torch, optionally quantise and score FP32 vs INT8.
 
     Prints what it measures and raises WeedsegError when ONNX Runtime disagrees with torch beyond
@@ -208,7 +212,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledDat
     if input_short_side is None:
         input_short_side = model_short_side(ckpt)
     out = Path(out)
-    info = export_onnx(ckpt, out, input_short_side)
+    info = export_onnx(ckpt, out, input_short_side, train_gsd_cm)
     print(f"exported {checkpoint} -> {out} ({info.model_name}, classes {', '.join(info.classes)}, "
           f"input short side {info.input_short_side or 'native'})")
     images = [read_rgb(s.image) for s in data.splits[check_split][: max(1, check_images)]]

@@ -11,6 +11,7 @@ import os
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -21,12 +22,14 @@ from weedseg.infer.image import (MAX_PIXELS, SegmentedImage, colour_mask, cover_
                                  safe_name, segment_upload, summary_columns, zip_bytes)
 from weedseg.infer.pipeline import PredictOptions, failure
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter
+from weedseg.infer.spray import SAVING_NOTE, SpraySettings, draw_spray_cells
 
 MODELS_ENV = "WEEDSEG_MODELS"
 PREVIEW_SHORT_SIDE = 720  # pictures on the page are shrunk to this; downloads keep full resolution
 OPTIONS = PredictOptions()  # the same resolution, tiling and grid defaults as `weedseg predict`
 SHOWN = {"image": "Image", "status": "Status", "crop_pct": "Crop %", "weed_pct": "Weed %", "weed_crop_ratio": "Weed : crop",
-         "weed_cells": "Cells with weeds", "max_cell_weed_pct": "Most weed in a cell %", "error": "Problem"}
+         "weed_cells": "Cells with weeds", "max_cell_weed_pct": "Most weed in a cell %", "spray_cells": "Cells to spray",
+         "sprayed_pct": "Sprayed %", "weed_m2": "Weed m²", "crop_m2": "Crop m²", "error": "Problem"}
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
@@ -113,6 +116,28 @@ def show_grid(res: SegmentedImage, weed_color: list[int]) -> None:
     right.dataframe(table.round(1))
 
 
+def show_spray(res: SegmentedImage, overlay: np.ndarray) -> None:
+    """The cells to spray drawn over the overlay, with the sprayed area, the saving and, with a GSD, areas in m²."""
+    plan, row = res.plan, res.row
+    ground = plan.ground
+    st.caption("Ground units unknown, so areas are in pixels: enter the ground sampling distance in the sidebar."
+               if ground.gsd_cm is None else f"Ground sampling distance {ground.gsd_cm:.3g} cm per pixel, "
+               + ("as entered in the sidebar." if ground.source == "--gsd" else "from the GeoTIFF's pixel scale."))
+    left, right = st.columns([3, 2])
+    cell = f"{row['cell_m']:g} m" if row.get("cell_m") else f"{plan.cell_px} px"
+    left.image(draw_spray_cells(overlay, plan), width="stretch",
+               caption=f"Cells to spray (yellow): at least {plan.settings.threshold_pct:g} % weed in a {cell} cell")
+    right.metric("Cells to spray", f"{row['spray_cells']} of {row['cells']}")
+    sprayed = f"{row['sprayed_m2']:.2f} m²" if row.get("sprayed_m2") is not None else f"{row['sprayed_px']:,} px"
+    right.metric("Sprayed area", f"{sprayed} ({row['sprayed_pct']:.1f} %)",
+                 help="area of the cells to spray; in brackets, its share of the image (what broadcast spraying covers)")
+    right.metric("Herbicide saving (estimate)", f"{row['herbicide_saving_pct_est']:.1f} %", help=SAVING_NOTE)
+    for name in ("weed", "crop"):
+        if row.get(f"{name}_m2") is not None:
+            right.metric(f"{name.capitalize()} area", f"{row[f'{name}_m2']:.2f} m²",
+                         help=f"{row[f'{name}_m2_per_ha']:,.0f} m² per hectare of field imaged")
+
+
 def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
     """Numbers, the three pictures with an opacity slider, the weed grid and downloads of one image;
     returns the chosen overlay opacity."""
@@ -121,18 +146,21 @@ def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
     alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
     side = min(PREVIEW_SHORT_SIDE, *res.rgb.shape[:2])
     rgb, mask = resize_short_side(res.rgb, side), resize_short_side(res.mask, side, nearest=True)
-    for col, picture, caption in zip(st.columns(3), [rgb, outputs.overlay(rgb, mask, info.colors, alpha),
-                                                     colour_mask(mask, info.colors)],
+    overlay = outputs.overlay(rgb, mask, info.colors, alpha)
+    for col, picture, caption in zip(st.columns(3), [rgb, overlay, colour_mask(mask, info.colors)],
                                      ["Original", "Overlay", "Mask"]):
         col.image(picture, caption=caption, width="stretch")
     if res.cells:
         show_grid(res, info.colors[info.classes.index("weed")])
+    if res.plan:
+        show_spray(res, overlay)
     files = partial(res.files, info.colors, alpha)
-    for col, (suffix, label, mime) in zip(st.columns(3), [(".mask.png", "Mask PNG", "image/png"),
+    for col, (suffix, label, mime) in zip(st.columns(4), [(".mask.png", "Mask PNG", "image/png"),
                                                         (".overlay.jpg", "Overlay JPG", "image/jpeg"),
-                                                        (".grid.csv", "Weed grid CSV", "text/csv")]):
+                                                        (".grid.csv", "Weed grid CSV", "text/csv"),
+                                                        (".spray.geojson", "Spray map GeoJSON", "application/geo+json")]):
         file_name = res.stem + suffix
-        if suffix == ".grid.csv" and not res.cells:
+        if (suffix == ".grid.csv" and not res.cells) or (suffix == ".spray.geojson" and not res.plan):
             continue
         col.download_button(label, data=lambda n=file_name: files()[n], file_name=file_name, mime=mime,
                             on_click="ignore", key=f"dl{suffix}-{key}", icon=":material/download:")
@@ -172,6 +200,11 @@ def main() -> None:
     info = seg.info
     grid_cell = st.sidebar.number_input("Weed grid cell (pixels)", 16, 4096, OPTIONS.grid_cell, 16,
                                         help="cell size of the weed cover grid, e.g. a spot-sprayer's nozzle footprint")
+    gsd = st.sidebar.number_input("Ground sampling distance (cm per pixel)", 0.0, 1000.0, 0.0, 0.01, format="%.3f",
+                                  help="0: unknown (GeoTIFFs in a metric CRS bring their own). With a GSD, areas are "
+                                       "in m² and grid cells in metres; see docs/spray-maps.md")
+    threshold = st.sidebar.number_input("Spray threshold (% weed per cell)", 0.0, 100.0, OPTIONS.spray.threshold_pct,
+                                        0.5, help="a grid cell is sprayed from this weed cover on")
     st.sidebar.caption(f"{info.model_name}, {info.precision}, classes {', '.join(info.classes)}; images are "
                        f"segmented at a short side of {info.input_short_side or 'full'} px. Limit: "
                        f"{MAX_PIXELS / 1e6:g} megapixels per image.")
@@ -181,6 +214,12 @@ def main() -> None:
     files = st.file_uploader("Field photos (JPG, PNG, TIFF)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES],
                              accept_multiple_files=True)
     results = segment_all(seg, files or [])
+    cell_m = None
+    if gsd or any(isinstance(r, SegmentedImage) and r.ground.gsd_cm for _, r in results):
+        cell_m = st.sidebar.number_input("Grid cell (metres)", 0.05, 100.0, 0.5, 0.05,
+                                         help="cell size for images with a ground sampling distance, e.g. a boom "
+                                              "section; the others use the cell in pixels")
+    spray = SpraySettings(threshold, OPTIONS.spray.min_patch, cell_m)
     alphas = {}
     for name, res in results:
         with st.container(border=True):
@@ -188,7 +227,7 @@ def main() -> None:
             if isinstance(res, str):
                 st.error(f"`{name}` could not be segmented: {res}")
                 continue
-            res.summarize(info.classes, int(grid_cell))
+            res.summarize(info.classes, int(grid_cell), gsd or None, spray)
             alphas[name] = show_result(res, seg, name)
     if results:
         show_summary(results, seg, alphas)

@@ -20,7 +20,9 @@ from .. import WeedsegError
 from ..data.io import read_rgb
 from ..data.transforms import resize_short_side
 from . import outputs
+from .geo import Ground, GroundOptions, describe_ground
 from .session import Segmenter
+from .spray import SprayPlan, SpraySettings, plan_spray, spray_map_bytes
 from .tiling import predict_mask
 
 MAX_PIXELS = 50_000_000  # larger uploads are refused before their pixels are decoded
@@ -147,25 +149,37 @@ class SegmentedImage:
     grid_cell: int = 0  # the cell size `row` and `cells` were computed for
     row: dict = field(default_factory=dict)
     cells: list[outputs.GridCell] = field(default_factory=list)
+    ground: Ground = field(default_factory=lambda: Ground(None, "none"))  # from the file (GeoTIFF tags)
+    plan: SprayPlan | None = None
+    settings: tuple = ()  # what `row`, `cells` and `plan` were computed for
 
     @property
     def stem(self) -> str:
         return self.name.rpartition(".")[0] or self.name
 
-    def summarize(self, classes: list[str], grid_cell: int) -> None:
-        """Fill `row` and `cells` for a weed grid of `grid_cell` pixels (kept while the cell size stays)."""
-        if grid_cell == self.grid_cell:
+    def summarize(self, classes: list[str], grid_cell: int, gsd_cm: float | None = None,
+                  spray: SpraySettings = SpraySettings()) -> None:
+        """Fill `row`, `cells` and `plan` for a weed grid of `grid_cell` pixels (or `spray.cell_m` metres with a
+        GSD: `gsd_cm` wins over the file's) and the spray settings; kept while the settings stay."""
+        ground = self.ground.given(gsd_cm)
+        if (grid_cell, ground, spray) == self.settings:
             return
-        row, self.cells = outputs.mask_stats(self.mask, classes, grid_cell)
-        self.row = {"image": self.name, "status": "predicted", **row, "weed_crop_ratio": weed_crop_ratio(row),
-                    "mask": f"{self.stem}.mask.png"}
-        self.grid_cell = grid_cell
+        self.plan = plan_spray(self.mask, classes, ground, spray, grid_cell)
+        self.grid_cell = self.plan.cell_px if self.plan else grid_cell
+        row, self.cells = outputs.mask_stats(self.mask, classes, self.grid_cell)
+        spray_row = {**self.plan.row(), "spray_map": f"{self.stem}.spray.geojson"} if self.plan else {}
+        self.row = {"image": self.name, "status": "predicted", **row, **spray_row,
+                    "weed_crop_ratio": weed_crop_ratio(row), "mask": f"{self.stem}.mask.png"}
+        self.settings = (grid_cell, ground, spray)
 
     def files(self, colors: list[list[int]], alpha: float) -> dict[str, bytes]:
-        """What `weedseg predict` writes for the image: class mask PNG, overlay JPG and weed grid CSV."""
-        return {f"{self.stem}.mask.png": outputs.encode_image(self.mask, ".png"),
-                f"{self.stem}.overlay.jpg": outputs.encode_image(outputs.overlay(self.rgb, self.mask, colors, alpha), ".jpg"),
-                f"{self.stem}.grid.csv": outputs.grid_csv(self.cells)}
+        """What `weedseg predict` writes for the image: class mask PNG, overlay JPG, weed grid CSV and spray map."""
+        files = {f"{self.stem}.mask.png": outputs.encode_image(self.mask, ".png"),
+                 f"{self.stem}.overlay.jpg": outputs.encode_image(outputs.overlay(self.rgb, self.mask, colors, alpha), ".jpg"),
+                 f"{self.stem}.grid.csv": outputs.grid_csv(self.cells, self.plan.spray if self.plan else None)}
+        if self.plan:
+            files[f"{self.stem}.spray.geojson"] = spray_map_bytes(self.plan, self.name)
+        return files
 
 
 def segment_upload(seg: Segmenter, data: bytes, name: str, short_side: int | None, tile: int, overlap: int,
@@ -173,4 +187,5 @@ def segment_upload(seg: Segmenter, data: bytes, name: str, short_side: int | Non
     """Decode and segment one uploaded image named `name` (from safe_name); WeedsegError with a message
     for the user if it cannot be."""
     rgb = decode_image(data)
-    return SegmentedImage(name, rgb, segment_rgb(seg, rgb, short_side, tile, overlap, batch_size))
+    return SegmentedImage(name, rgb, segment_rgb(seg, rgb, short_side, tile, overlap, batch_size),
+                          ground=describe_ground(data, GroundOptions()))

@@ -29,9 +29,11 @@ class ModelInfo:
     input_short_side: int  # the resolution the model was trained and evaluated at (0: native)
     weedseg_version: str
     precision: str = "fp32"  # fp32 or int8
+    train_gsd_cm: float | None = None  # ground sampling distance of the training images as the model saw them
 
     def to_props(self) -> dict[str, str]:
         """The metadata_props entries (all strings) that describe this model."""
+        gsd = {} if self.train_gsd_cm is None else {"weedseg.train_gsd_cm": str(self.train_gsd_cm)}
         return {
             "weedseg.format": FORMAT,
             "weedseg.version": self.weedseg_version,
@@ -42,6 +44,7 @@ class ModelInfo:
             "weedseg.normalization": json.dumps({"mean": self.mean, "std": self.std}),
             "weedseg.size_multiple": str(self.size_multiple),
             "weedseg.input_short_side": str(self.input_short_side),
+            **gsd,
         }
 
     @classmethod
@@ -67,6 +70,7 @@ class ModelInfo:
                 input_short_side=int(props["weedseg.input_short_side"]),
                 weedseg_version=props.get("weedseg.version", "unknown"),
                 precision=props.get("weedseg.precision", "fp32"),
+                train_gsd_cm=float(props["weedseg.train_gsd_cm"]) if "weedseg.train_gsd_cm" in props else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise fail(f"metadata missing or malformed ({type(exc).__name__}: {exc})") from exc
@@ -76,6 +80,8 @@ class ModelInfo:
             raise fail(f"metadata colours must be RGB triples in 0..255, got {info.colors}")
         if len(info.mean) != 3 or len(info.std) != 3 or min(info.std) <= 0:
             raise fail(f"metadata normalisation needs 3 means and 3 positive stds, got {norm}")
+        if info.train_gsd_cm is not None and not info.train_gsd_cm > 0:
+            raise fail(f"metadata train_gsd_cm must be positive, got {info.train_gsd_cm}")
         if info.size_multiple < 1 or info.input_short_side < 0:
             raise fail(f"metadata size_multiple {info.size_multiple} / input_short_side "
                        f"{info.input_short_side} out of range")

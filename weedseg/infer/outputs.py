@@ -51,10 +51,15 @@ def read_geo_tags(path: Path) -> GeoTags | None:
         return None
     try:
         with Image.open(path) as im:
-            tags = getattr(im, "tag_v2", {})
-            geo = {t: (tags[t], tags.tagtype[t]) for t in GEO_TAGS if t in tags}
+            return geo_tags(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None  # reading the pixels reports the problem
+
+
+def geo_tags(im: Image.Image) -> GeoTags | None:
+    """The georeferencing tags of an opened image, or None unless it is a GeoTIFF."""
+    tags = getattr(im, "tag_v2", {})
+    geo = {t: (tags[t], tags.tagtype[t]) for t in GEO_TAGS if t in tags}
     return geo if (33922 in geo or 34264 in geo) else None
 
 
@@ -112,12 +117,13 @@ def weed_grid(mask: np.ndarray, weed_class: int, cell: int) -> list[GridCell]:
     return cells
 
 
-def grid_csv(cells: list[GridCell]) -> bytes:
-    """The grid as CSV: row, col, x0, y0, x1, y1, weed_pct."""
+def grid_csv(cells: list[GridCell], spray: list[bool] | None = None) -> bytes:
+    """The grid as CSV: row, col, x0, y0, x1, y1, weed_pct, and with `spray` a 0/1 spray column."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["row", "col", "x0", "y0", "x1", "y1", "weed_pct"])
-    writer.writerows([c.row, c.col, c.x0, c.y0, c.x1, c.y1, c.weed_pct] for c in cells)
+    writer.writerow(["row", "col", "x0", "y0", "x1", "y1", "weed_pct", *(["spray"] if spray is not None else [])])
+    for i, c in enumerate(cells):
+        writer.writerow([c.row, c.col, c.x0, c.y0, c.x1, c.y1, c.weed_pct, *([int(spray[i])] if spray is not None else [])])
     return buf.getvalue().encode()
 
 
@@ -139,7 +145,12 @@ def mask_stats(mask: np.ndarray, classes: list[str], cell: int) -> tuple[dict, l
 def summary_columns(classes: list[str]) -> list[str]:
     """Columns of summary.csv."""
     weed = ["weed_pixels", "weed_cells", "max_cell_weed_pct"] if "weed" in classes else []
-    return ["image", "status", "width", "height", *(f"{c}_pct" for c in classes), *weed, "mask", "error"]
+    if weed:  # ground units and spray decisions (weedseg.infer.spray)
+        areas = [f"{c}_{unit}" for c in classes[1:] for unit in ("m2", "m2_per_ha")]
+        weed += ["gsd_cm", "gsd_source", "area_m2", *areas, "cell_px", "cell_m", "cells", "spray_cells",
+                 "sprayed_px", "sprayed_m2", "sprayed_pct", "herbicide_saving_pct_est"]
+    return ["image", "status", "width", "height", *(f"{c}_pct" for c in classes), *weed, "mask",
+            *(["spray_map"] if weed else []), "error"]
 
 
 def write_summary(path: Path, rows: list[dict], classes: list[str]) -> None:

@@ -23,7 +23,9 @@ from .. import WeedsegError
 from ..data.io import find_images, read_rgb
 from ..data.transforms import resize_short_side
 from . import outputs
+from .geo import Ground, GroundOptions, check_resolution, describe_ground
 from .session import Segmenter, cpu_count
+from .spray import SpraySettings, plan_spray, write_run_outputs, write_spray_map
 from .tiling import predict_logits, predict_mask, run_padded, upsample_argmax
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class PredictOptions:
     overlay_format: str = "jpg"
     overwrite: bool = False
     workers: int = 0  # reader and writer threads each; 0: automatic
+    ground: GroundOptions = field(default_factory=GroundOptions)
+    spray: SpraySettings = field(default_factory=SpraySettings)
 
 
 @dataclass
@@ -57,6 +61,11 @@ class Job:
     def done(self) -> bool:
         return self.mask.is_file() and self.overlay.is_file() and self.grid.is_file()
 
+    @property
+    def spray_map(self) -> Path:
+        """<stem>.spray.geojson, next to the grid; rewritten from the mask on every run."""
+        return self.grid.with_name(self.grid.name.removesuffix(".grid.csv") + ".spray.geojson")
+
 
 @dataclass
 class Prepared:
@@ -66,6 +75,7 @@ class Prepared:
     rgb: np.ndarray
     x: np.ndarray  # normalised (3, h, w) at the model's resolution
     geo: outputs.GeoTags | None
+    ground: Ground
 
 
 @dataclass
@@ -110,30 +120,57 @@ class Predictor:
         if not 0 <= options.overlap <= options.tile // 2:
             raise WeedsegError(f"--overlap must be between 0 and half the tile ({options.tile // 2}), got {options.overlap}")
         self.workers = options.workers or max(2, min(4, cpu_count()))
+        self.told: set[object] = set()  # ground sources and resolution warnings already logged
+
+    def ground(self, job: Job, shape: tuple[int, int] | None = None) -> Ground:
+        """The image's ground units, logged once per kind of source; with `shape` (the image's height and
+        width), a warning when the model sees it at a GSD far from its training GSD."""
+        ground = describe_ground(job.path, self.opt.ground)
+        if ground.source not in self.told:
+            self.told.add(ground.source)
+            log.info("%s: %s", job.name, ground.describe())
+        check = check_resolution(ground, self.seg.info.train_gsd_cm, shape, self.short_side) if shape else None
+        if check and check.far and check.suggested_short_side not in self.told:
+            self.told.add(check.suggested_short_side)
+            log.warning("%s is segmented at %.3g cm per pixel but the model was trained at %.3g: segment it with "
+                        "--short-side %d (see docs/spray-maps.md)", job.name, check.image_gsd_cm,
+                        check.model_gsd_cm, check.suggested_short_side)
+        return ground
 
     # --- reader threads
     def prepare(self, job: Job) -> Prepared:
         rgb = read_rgb(job.path)
         x = self.seg.model_input(resize_short_side(rgb, self.short_side))
-        return Prepared(job, rgb, x, outputs.read_geo_tags(job.path) if job.mask.suffix == ".tif" else None)
+        return Prepared(job, rgb, x, outputs.read_geo_tags(job.path) if job.mask.suffix == ".tif" else None,
+                        self.ground(job, rgb.shape[:2]))
 
     # --- writer threads
     def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
         if mask is None:
             mask = upsample_argmax(logits, *item.rgb.shape[:2])
         info = self.seg.info
-        row, cells = outputs.mask_stats(mask, info.classes, self.opt.grid_cell)
         job = item.job
+        row = self.decide(job, mask, item.ground)
         outputs.atomic_write(job.overlay, outputs.encode_image(outputs.overlay(item.rgb, mask, info.colors),
                                                                job.overlay.suffix))
-        outputs.atomic_write(job.grid, outputs.grid_csv(cells))
         data = outputs.geotiff_bytes(mask, item.geo) if item.geo else outputs.encode_image(mask, ".png")
         outputs.atomic_write(job.mask, data)  # last: its presence marks the image done
         return {**row, "status": "predicted"}
 
     def summarize_done(self, job: Job) -> dict:
-        row, _ = outputs.mask_stats(outputs.read_mask(job.mask), self.seg.info.classes, self.opt.grid_cell)
-        return {**row, "status": "done before"}
+        """The row of an image done before; its grid and spray map are redone for the current settings."""
+        return {**self.decide(job, outputs.read_mask(job.mask), self.ground(job)), "status": "done before"}
+
+    def decide(self, job: Job, mask: np.ndarray, ground: Ground) -> dict:
+        """Summary fields of a mask; writes its weed grid and spray map (cells in metres with a GSD and --cell-m)."""
+        classes = self.seg.info.classes
+        plan = plan_spray(mask, classes, ground, self.opt.spray, self.opt.grid_cell)
+        row, cells = outputs.mask_stats(mask, classes, plan.cell_px if plan else self.opt.grid_cell)
+        outputs.atomic_write(job.grid, outputs.grid_csv(cells, plan.spray if plan else None))
+        if plan is None:
+            return row
+        write_spray_map(job.spray_map, plan, job.name)
+        return {**row, **plan.row()}
 
     # --- main thread
     def fits_whole(self, item: Prepared) -> bool:
@@ -158,7 +195,8 @@ class Predictor:
             except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
                 row = failure(exc)
             mask = job.mask.relative_to(out).as_posix() if row["status"] != "failed" else ""
-            on_row(job, {"image": job.name, "mask": mask, **row})
+            spray_map = job.spray_map.relative_to(out).as_posix() if "spray_cells" in row else ""
+            on_row(job, {"image": job.name, "mask": mask, "spray_map": spray_map, **row})
             bar.update()
 
         with ThreadPoolExecutor(self.workers, "weedseg-read") as readers, \
@@ -256,4 +294,5 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
         summary.rows = [rows[i] for i in sorted(rows)]
         summary.seconds = time.perf_counter() - start
         outputs.write_summary(out / "summary.csv", summary.rows, seg.info.classes)
+        write_run_outputs(out, summary.rows)
     return summary
