@@ -34,11 +34,10 @@ __all__ = [
 
 @dataclass
 class LabelledData:
-    """A dataset's layout, its samples per split and where the split came from."""
+    """A dataset's layout and its samples per split."""
 
     layout: Layout
     splits: dict[str, list[Sample]]
-    split_source: str = ""
 
     @property
     def classes(self) -> list[str]:
@@ -74,4 +73,4 @@ def open_dataset(name: str, data_root: str | Path | None = None, train_fraction:
             what = ("only test images, an evaluate-only dataset for `weedseg evaluate`"
                     if not ids["train"] and ids["test"] else sizes)
             raise WeedsegError(f"{name} dataset under {root}: the {s} split is empty ({split.source}: {what})")
-    return LabelledData(layout, {s: [by_id[i] for i in ids[s]] for s in SPLITS}, split.source)
+    return LabelledData(layout, {s: [by_id[i] for i in ids[s]] for s in SPLITS})

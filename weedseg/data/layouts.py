@@ -358,6 +358,9 @@ class SugarbeetsLayout(Layout):
             )
         return found
 
+    def describe_classes(self) -> str:
+        return "soil = below 10000, crop = 10000, weed = above 10000 (16-bit label maps)"
+
     def decode_mask(self, path: Path) -> np.ndarray:
         raw = read_label_map(path)
         if raw.ndim != 2 or raw.dtype != np.uint16:
