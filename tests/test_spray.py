@@ -198,7 +198,8 @@ def test_predict_writes_spray_maps_summary_and_run_map(model, peanut_root, tmp_p
         assert main(args) == 0
     assert "a.tif" in caplog.text and "--short-side 480" in caplog.text  # 5 cm pixels segmented at 4.7 cm
     rows = {r["image"]: r for r in csv.DictReader((out / "summary.csv").open())}
-    assert (rows["a.tif"]["gsd_source"], float(rows["a.tif"]["cell_m"]), rows["a.tif"]["cell_px"]) == ("geotiff", 1.0, "20")
+    a = rows["a.tif"]
+    assert (a["gsd_source"], float(a["cell_m"]), a["cell_px"]) == ("geotiff", 1.0, "20")
     assert float(rows["a.tif"]["area_m2"]) == pytest.approx(320 * 240 * SCALE ** 2)
     assert rows["phone.jpg"]["gsd_source"] == "none" and rows["phone.jpg"]["area_m2"] == ""
     assert rows["phone.jpg"]["cell_px"] == "256"

@@ -333,13 +333,15 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "--altitude; without one, areas stay in pixels)")
     g.add_argument("--altitude", type=float, metavar="M", help="camera height above the ground, for the GSD from "
                    "the EXIF focal length (35 mm equivalent, or with --sensor-width-mm)")
-    g.add_argument("--sensor-width-mm", type=float, help="the long side of the camera's sensor, with --altitude")
+    g.add_argument("--sensor-width-mm", type=float, metavar="MM",
+                   help="the long side of the camera's sensor, with --altitude")
     g.add_argument("--cell-m", type=float, metavar="M", help="grid cell size in metres, e.g. a boom section "
                    "(images with a GSD; others use --grid-cell pixels)")
     g.add_argument("--spray-threshold", type=float, default=1.0, metavar="PCT",
                    help="weed cover of a cell, in percent, from which it is sprayed (default 1)")
-    g.add_argument("--min-patch", type=float, default=0.0, help="weed patches smaller than this are ignored "
-                   "as specks: cm² with a GSD, pixels without (default 0: none)")
+    g.add_argument("--min-patch", type=float, default=0.0, metavar="SIZE",
+                   help="weed patches smaller than this are ignored as specks: cm² with a GSD, pixels without "
+                        "(default 0: none)")
     g.add_argument("--patches", action="store_true", help="also draw each weed patch as a polygon in the spray maps")
     p.set_defaults(func=run_predict)
 

@@ -239,7 +239,8 @@ def write_run_outputs(out: Path, rows: list[dict]) -> dict:
     if not totals:
         return totals
     outputs.atomic_write(out / "spray_summary.json", json.dumps(totals, indent=1).encode())
-    merged, left_out = write_run_map(out / "spray_map.geojson", [out / r["spray_map"] for r in rows if r.get("spray_map")])
+    maps = [out / r["spray_map"] for r in rows if r.get("spray_map")]
+    merged, left_out = write_run_map(out / "spray_map.geojson", maps)
     log.info("spray %d of %d cells: %.1f %% of the area; herbicide saving %.1f %% (estimate); %s",
              totals["spray_cells"], totals["cells"], totals["sprayed_pct"], totals["herbicide_saving_pct_est"],
              f"map of {merged} georeferenced images: {out / 'spray_map.geojson'}" if merged else
