@@ -262,9 +262,9 @@ def test_page_spray_controls_map_and_areas(peanut_root, tmp_path, monkeypatch):
     assert list(summary.columns[-5:-1]) == ["Cells to spray", "Sprayed %", "Weed m²", "Crop m²"]
 
     inputs = {n.label: n for n in at.sidebar.number_input}
-    inputs["Ground sampling distance (cm per pixel)"].set_value(0.5).run()  # now both images have one
-    inputs = {n.label: n for n in at.sidebar.number_input}
-    inputs["Spray threshold (% weed per cell)"].set_value(100.0).run()
+    inputs["Ground sampling distance (cm per pixel)"].set_value(0.5)  # now both images have one
+    inputs["Spray threshold (% weed per cell)"].set_value(100.0)
+    at.run()
     assert not at.exception
     tif_m, jpg_m = metrics()
     assert tif_m["Cells to spray"].endswith("of 4") and jpg_m["Cells to spray"].endswith("of 4")  # 200 px cells
