@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,24 @@ from weedseg.data import open_dataset
 from weedseg.data.locate import find_dataset_root
 from weedseg.models import create_model
 from weedseg.train import TrainConfig, train
+
+
+# Tests that need a real training run or a browser are end-to-end: marked slow, so `make test-quick`
+# (pytest -m "not slow") skips them.
+SLOW_FIXTURES = {"trained_run"}
+SLOW_MODULES = {"test_app_browser.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory) -> None:
+    """`--engine auto` remembers its choices under $XDG_CACHE_HOME: the tests keep theirs out of ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,8 @@ SHOWN = {"image": "Image", "status": "Status", "crop_pct": "Crop %", "weed_pct":
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
 def load_segmenter(path: str, mtime: float) -> Segmenter:
-    """The ONNX session of a model file, loaded once per file version for all visitors."""
-    return Segmenter(path)
+    """The model file in the faster engine here (weedseg.infer.engines), loaded once per file version for all visitors."""
+    return Segmenter(path, engine="auto")
 
 
 def choose_model() -> Segmenter:

@@ -21,6 +21,7 @@ from ..data.io import read_rgb
 from ..data.transforms import resize_short_side
 from . import outputs
 from .geo import Ground, GroundOptions, describe_ground
+from .pipeline import PredictOptions
 from .session import Segmenter
 from .spray import SprayPlan, SpraySettings, plan_spray, spray_map_bytes
 from .tiling import predict_mask
@@ -50,9 +51,11 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise WeedsegError(f"damaged or unreadable image ({exc.__cause__})") from exc
 
 
-def segment_rgb(seg: Segmenter, rgb: np.ndarray, short_side: int | None, tile: int, overlap: int,
-                batch_size: int) -> np.ndarray:
-    """Class-index mask (H, W) of an RGB image, computed as `weedseg predict` does (see PredictOptions)."""
+def segment_rgb(seg: Segmenter, rgb: np.ndarray, short_side: int | None = PredictOptions.short_side,
+                tile: int = PredictOptions.tile, overlap: int = PredictOptions.overlap,
+                batch_size: int = PredictOptions.batch_size) -> np.ndarray:
+    """Class-index mask (H, W) of an HxWx3 uint8 RGB image, computed as `weedseg predict` does, with its
+    defaults (short_side None: the model's resolution; 0: native)."""
     side = seg.info.input_short_side if short_side is None else short_side
     x = seg.model_input(resize_short_side(rgb, side))
     return predict_mask(x, seg.run, *rgb.shape[:2], tile, overlap, batch_size, seg.info.size_multiple)

@@ -30,6 +30,8 @@ from .tiling import predict_logits, predict_mask, run_padded, upsample_argmax
 
 log = logging.getLogger(__name__)
 
+OUTPUTS = ("mask", "overlay", "grid")  # the files `--outputs` chooses from, per image
+
 
 @dataclass
 class PredictOptions:
@@ -45,6 +47,7 @@ class PredictOptions:
     workers: int = 0  # reader and writer threads each; 0: automatic
     ground: GroundOptions = field(default_factory=GroundOptions)
     spray: SpraySettings = field(default_factory=SpraySettings)
+    outputs: tuple[str, ...] = OUTPUTS  # the mask is always written: it marks an image done
 
 
 @dataclass
@@ -58,8 +61,10 @@ class Job:
     overlay: Path
     grid: Path
 
-    def done(self) -> bool:
-        return self.mask.is_file() and self.overlay.is_file() and self.grid.is_file()
+    def done(self, wanted: tuple[str, ...] = OUTPUTS) -> bool:
+        """The `wanted` outputs exist."""
+        return (("overlay" not in wanted or self.overlay.is_file()) and ("grid" not in wanted or self.grid.is_file())
+                and self.mask.is_file())
 
     @property
     def spray_map(self) -> Path:
@@ -151,8 +156,9 @@ class Predictor:
         info = self.seg.info
         job = item.job
         row = self.decide(job, mask, item.ground)
-        outputs.atomic_write(job.overlay, outputs.encode_image(outputs.overlay(item.rgb, mask, info.colors),
-                                                               job.overlay.suffix))
+        if "overlay" in self.opt.outputs:
+            outputs.atomic_write(job.overlay, outputs.encode_image(outputs.overlay(item.rgb, mask, info.colors),
+                                                                   job.overlay.suffix))
         data = outputs.geotiff_bytes(mask, item.geo) if item.geo else outputs.encode_image(mask, ".png")
         outputs.atomic_write(job.mask, data)  # last: its presence marks the image done
         return {**row, "status": "predicted"}
@@ -166,7 +172,8 @@ class Predictor:
         classes = self.seg.info.classes
         plan = plan_spray(mask, classes, ground, self.opt.spray, self.opt.grid_cell)
         row, cells = outputs.mask_stats(mask, classes, plan.cell_px if plan else self.opt.grid_cell)
-        outputs.atomic_write(job.grid, outputs.grid_csv(cells, plan.spray if plan else None))
+        if "grid" in self.opt.outputs:
+            outputs.atomic_write(job.grid, outputs.grid_csv(cells, plan.spray if plan else None))
         if plan is None:
             return row
         write_spray_map(job.spray_map, plan, job.name)
@@ -230,7 +237,7 @@ class Predictor:
                         submit_write(b.job, self.finish, b, lg, None)
                 batch.clear()
 
-            todo = [j for j in jobs if self.opt.overwrite or not j.done()]
+            todo = [j for j in jobs if self.opt.overwrite or not j.done(self.opt.outputs)]
             for job in jobs:
                 if not self.opt.overwrite and job.done():
                     submit_write(job, self.summarize_done, job)

@@ -1,0 +1,78 @@
+"""Inference engines (ONNX Runtime, OpenVINO, auto) on the shipped model and real peanut images, and
+`weedseg predict --outputs`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from weedseg import WeedsegError
+from weedseg.cli import main
+from weedseg.data.io import read_rgb
+from weedseg.data.transforms import resize_short_side
+from weedseg.infer import engines
+from weedseg.infer.session import DEFAULT_MODEL, Segmenter
+from weedseg.infer.tiling import run_padded
+
+
+@pytest.fixture(scope="module")
+def peanut_batch(peanut_root) -> np.ndarray:
+    """Two real test photos at the shipped model's resolution, as one batch."""
+    seg = Segmenter(DEFAULT_MODEL, device="cpu", threads=1)
+    images = sorted((peanut_root / "images").glob("*.jpg"))[:2]
+    return np.stack([seg.model_input(resize_short_side(read_rgb(p), seg.info.input_short_side)) for p in images])
+
+
+def masks(seg: Segmenter, batch: np.ndarray) -> np.ndarray:
+    return run_padded(seg.run, batch, seg.info.size_multiple).argmax(1)
+
+
+@pytest.mark.parametrize("model, least_agreement", [(DEFAULT_MODEL, 0.999),
+                                                     (DEFAULT_MODEL.with_name("weedseg-peanut-default.int8.onnx"), 0.97)])
+def test_openvino_masks_agree_with_onnxruntime_fp32(peanut_batch, model, least_agreement):
+    pytest.importorskip("openvino")
+    reference = masks(Segmenter(DEFAULT_MODEL, device="cpu", threads=1), peanut_batch)
+    seg = Segmenter(model, device="cpu", threads=1, engine="openvino")
+    assert seg.engine.name == "openvino" and seg.info.classes == ["soil", "crop", "weed"]
+    assert seg.engine.precision == ("int8" if "int8" in model.name else seg.engine.precision)
+    assert (masks(seg, peanut_batch) == reference).mean() >= least_agreement
+
+
+def test_auto_times_the_engines_once_and_remembers(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="auto")
+    choices = json.loads((tmp_path / "weedseg" / "engines.json").read_text())
+    (choice,) = choices.values()
+    assert set(choice["images_per_s"]) == {"onnxruntime", "openvino"}
+    assert first.engine.name == choice["engine"] == max(choice["images_per_s"], key=choice["images_per_s"].get)
+
+    def no_timing(*_):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(engines, "images_per_second", no_timing)
+    assert Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="auto").engine.name == choice["engine"]
+
+
+def test_engine_errors_are_one_line():
+    with pytest.raises(WeedsegError, match="unknown engine"):
+        Segmenter(DEFAULT_MODEL, engine="tensorrt")
+    ov = pytest.importorskip("openvino")
+    if engines.cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has bf16")
+    with pytest.raises(WeedsegError, match="no native bf16"):
+        engines.OpenVinoEngine(DEFAULT_MODEL, threads=1, bf16=True)
+
+
+def test_predict_outputs_mask_only_then_all(tmp_path, peanut_root):
+    image = sorted((peanut_root / "images").glob("*.jpg"))[0]
+    out = tmp_path / "out"
+    assert main(["predict", str(image), "--out", str(out), "--outputs", "mask", "--engine", "onnxruntime"]) == 0
+    assert (out / f"{image.stem}.mask.png").is_file()
+    assert not (out / f"{image.stem}.overlay.jpg").exists() and not (out / f"{image.stem}.grid.csv").exists()
+    assert main(["predict", str(image), "--out", str(out), "--engine", "onnxruntime"]) == 0  # the rest is added
+    assert (out / f"{image.stem}.overlay.jpg").is_file() and (out / f"{image.stem}.grid.csv").is_file()
+    with pytest.raises(SystemExit):  # a usage error
+        main(["predict", str(image), "--out", str(out), "--outputs", "mask,spray"])

@@ -1,0 +1,255 @@
+"""The engines that run an exported weedseg ONNX model: ONNX Runtime (always installed) and OpenVINO
+(`pip install 'weedseg[openvino]'`).
+
+`auto` takes CUDA through ONNX Runtime when it sees a GPU; on the CPU it times every installed
+engine on the model once (a few passes at the model's resolution), keeps the faster one and
+remembers the choice per model file, CPU and thread count in ~/.cache/weedseg/engines.json. OpenVINO
+runs an FP32 model with a bf16 inference precision hint on CPUs that have native bf16 (AVX-512 BF16
+or AMX), FP32 elsewhere, and a QDQ model (`weedseg export --int8`) in INT8.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .. import WeedsegError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "onnxruntime", "openvino")
+TIMED_PASSES = 5
+
+
+class Engine(Protocol):
+    """What a Segmenter needs from an engine."""
+
+    name: str  # onnxruntime or openvino
+    version: str
+    precision: str  # fp32, bf16 or int8: what the engine computes in
+    provider: str  # where it runs, e.g. CPUExecutionProvider
+    metadata: dict[str, str]  # the model's ONNX metadata_props
+    input_count: int
+    input_shape: list  # NCHW; dynamic dimensions are not ints
+    input_type: str  # as the engine names it, e.g. tensor(float) or f32
+    input_is_float: bool
+    output_channels: int | None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N, classes, H, W) for a normalised float32 batch (N, 3, H, W)."""
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """ONNX Runtime execution providers for `device` (auto: CUDA when onnxruntime-gpu sees a GPU, else CPU)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device in ("auto", "cuda"):
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device == "cuda":
+            raise WeedsegError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu "
+                               f"instead of onnxruntime); available: {', '.join(available)}")
+        return ["CPUExecutionProvider"]
+    raise WeedsegError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+class OnnxRuntimeEngine:
+    """An ONNX Runtime session; `spin=False` stops idle threads from busy-waiting, leaving the cores to the
+    decoding and writing threads of a pipeline."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, device: str, threads: int, spin: bool = True) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        try:
+            # QDQ propagation would move the INT8 model's first quantisation above the stem's max-pool,
+            # whose uint8 kernel is ~2x slower than FP32 there; FP32 models have no QDQ nodes to move.
+            self.session = ort.InferenceSession(str(path), opts, providers=choose_providers(device),
+                                                disabled_optimizers=["QDQPropagationTransformer"])
+        except WeedsegError:
+            raise
+        except Exception as exc:  # not ONNX, truncated, unsupported operators ...
+            raise WeedsegError(f"cannot load ONNX model {path} ({type(exc).__name__}: {exc})") from exc
+        self.version = ort.__version__
+        self.provider = self.session.get_providers()[0]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.precision = self.metadata.get("weedseg.precision", "fp32")
+        first_input, first_output = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_count = len(self.session.get_inputs())
+        self.input_name = first_input.name
+        self.input_shape = list(first_input.shape)
+        self.input_type = first_input.type
+        self.input_is_float = first_input.type == "tensor(float)"
+        channels = first_output.shape[1] if len(first_output.shape) > 1 else None
+        self.output_channels = channels if isinstance(channels, int) else None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+def openvino_available() -> bool:
+    """True when the OpenVINO runtime can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cpu_has_bf16(core: object) -> bool:
+    """Whether OpenVINO's CPU plugin computes natively in bf16 here (AVX-512 BF16 or AMX)."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")  # type: ignore[attr-defined]
+
+
+class OpenVinoEngine:
+    """An OpenVINO CPU compiled model. `bf16`: None uses a bf16 precision hint where the CPU has bf16."""
+
+    name = "openvino"
+    provider = "CPU"
+
+    def __init__(self, path: Path, threads: int, bf16: bool | None = None) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise WeedsegError("--engine openvino needs OpenVINO: pip install 'weedseg[openvino]'") from None
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:  # not ONNX, truncated, unsupported operators ...
+            raise WeedsegError(f"cannot load ONNX model {path} in OpenVINO ({type(exc).__name__}: {exc})") from exc
+        # OpenVINO keeps an ONNX model's metadata_props under rt_info "framework"
+        keys = model.get_rt_info(["framework"]).astype(dict) if model.has_rt_info(["framework"]) else {}
+        self.metadata = {key: model.get_rt_info(["framework", key]).astype(str) for key in keys}
+        quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        use_bf16 = cpu_has_bf16(core) if bf16 is None else bf16
+        if use_bf16 and not cpu_has_bf16(core):
+            raise WeedsegError("this CPU has no native bf16 (AVX-512 BF16 or AMX); run OpenVINO in FP32")
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if use_bf16 else "f32"}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.precision = "int8" if quantized else ("bf16" if use_bf16 else "fp32")
+        self.version = ov.get_version().split("-")[0]
+        first_input = model.inputs[0]
+        self.input_shape = [d.get_length() if d.is_static else "?" for d in first_input.get_partial_shape()]
+        self.input_type = first_input.get_element_type().get_type_name()
+        self.input_is_float = first_input.get_element_type() == ov.Type.f32
+        channels = model.outputs[0].get_partial_shape()[1]
+        self.output_channels = channels.get_length() if channels.is_static else None
+        self.input_count = len(model.inputs)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        # one request per call: a compiled model may be shared by threads (the page's visitors)
+        return self.compiled.create_infer_request().infer({0: batch})[0]
+
+
+def cache_file() -> Path:
+    """Where `auto` remembers its choices ($XDG_CACHE_HOME or ~/.cache, then weedseg/engines.json)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "weedseg" / "engines.json"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def choice_key(path: Path, threads: int) -> str:
+    """One model file version on one CPU with one thread count."""
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{cpu_name()}|{threads} threads"
+
+
+def images_per_second(engine: Engine, batch: np.ndarray) -> float:
+    """Median speed of TIMED_PASSES passes after one warm-up pass."""
+    engine.run(batch)
+    times = []
+    for _ in range(TIMED_PASSES):
+        start = time.perf_counter()
+        engine.run(batch)
+        times.append(time.perf_counter() - start)
+    return len(batch) / float(np.median(times))
+
+
+_cache_lock = threading.Lock()
+
+
+def remember(key: str, name: str, rates: dict[str, float]) -> None:
+    """Store a choice; a cache that cannot be written is only logged."""
+    path = cache_file()
+    with _cache_lock:
+        try:
+            choices = json.loads(path.read_text()) if path.is_file() else {}
+            choices[key] = {"engine": name, "images_per_s": {k: round(v, 2) for k, v in rates.items()}}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(choices, indent=1))
+            tmp.replace(path)
+        except (OSError, ValueError) as exc:
+            log.debug("engine choice not cached (%s)", exc)
+
+
+def remembered(key: str) -> str | None:
+    """The engine chosen before for this key, if any."""
+    try:
+        return json.loads(cache_file().read_text()).get(key, {}).get("engine")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def probe_batch(metadata: dict[str, str]) -> np.ndarray:
+    """One 4:3 input at the model's resolution (short side 256 for native-resolution models)."""
+    short = int(metadata.get("weedseg.input_short_side", "256") or 256) or 256
+    multiple = int(metadata.get("weedseg.size_multiple", "32") or 32)
+    long = -(-round(short * 4 / 3) // multiple) * multiple
+    short = -(-short // multiple) * multiple
+    return np.random.default_rng(0).standard_normal((1, 3, short, long)).astype(np.float32)
+
+
+def open_engine(path: Path, engine: str = "auto", device: str = "auto", threads: int = 1,
+                spin: bool = True) -> Engine:
+    """The engine that runs `path`: the one named, or for `auto` the faster one on this machine."""
+    if engine not in ENGINES:
+        raise WeedsegError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
+    if engine == "openvino":
+        if device == "cuda":
+            raise WeedsegError("--engine openvino runs on the CPU; use --engine onnxruntime with --device cuda")
+        return OpenVinoEngine(path, threads)
+    ort_engine = OnnxRuntimeEngine(path, device, threads, spin)
+    if engine == "onnxruntime" or ort_engine.provider != "CPUExecutionProvider" or not openvino_available():
+        return ort_engine
+    key = choice_key(path, threads)
+    if remembered(key) == "onnxruntime":
+        return ort_engine
+    ov_engine = OpenVinoEngine(path, threads)
+    if remembered(key) == "openvino":
+        return ov_engine
+    batch = probe_batch(ort_engine.metadata)
+    rates = {e.name: images_per_second(e, batch) for e in (ort_engine, ov_engine)}
+    best = max(rates, key=rates.get)
+    log.info("engine auto: %s (images/s at %dx%d, %d threads: %s); remembered in %s", best, batch.shape[3],
+             batch.shape[2], threads, ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), cache_file())
+    remember(key, best, rates)
+    return ov_engine if best == "openvino" else ort_engine
