@@ -1,0 +1,163 @@
+"""benchmarks/gpu_run.sh: the data step, the experiment's planning, and the whole command with --tiny on the CPU."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from weedseg import WeedsegError
+from weedseg.data import SPLITS, open_dataset
+from weedseg.data.splits import split_file_for
+from weedseg.experiment import ExperimentConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_run.sh"
+
+
+def load_gpu_run():
+    """benchmarks/gpu_run.py as a module (benchmarks/ is no package; it imports training.py beside it)."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    return importlib.import_module("gpu_run")
+
+
+@pytest.fixture(scope="module")
+def field_data(tmp_path_factory) -> Path:
+    """SRC for --make-data, written once for this module's tests."""
+    return write_field_data(tmp_path_factory.mktemp("src"))
+
+
+def write_field_data(root: Path) -> Path:
+    """SRC in the shared layout: peanut/ with every id of the committed split (80x60 photos, colour masks that
+    follow the green channel) and unlabeled/<two folders>/images/ with 5 photos each."""
+    split = json.loads(split_file_for("peanut", root).read_text())
+    ids = [i for name in SPLITS for i in split[name]]
+    rng = np.random.default_rng(0)
+    palette = np.array([[0, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)  # BGR: soil, crop (green), weed (red)
+    for k, sample_id in enumerate(ids):
+        image = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (80, 60))
+        (root / "peanut" / "images").mkdir(parents=True, exist_ok=True)
+        (root / "peanut" / "labels").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "peanut" / "images" / f"{sample_id}.jpg"), image)
+        cv2.imwrite(str(root / "peanut" / "labels" / f"{sample_id}.png"), palette[image[..., 1] // 86])
+    for group in ("sesame", "deepweeds"):
+        (root / "unlabeled" / group / "images").mkdir(parents=True)
+        for k in range(5):
+            cv2.imwrite(str(root / "unlabeled" / group / "images" / f"{k}.jpg"),
+                        rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    return root
+
+
+def test_make_data_keeps_the_layout_and_split_and_refuses_too_big_or_used_folders(tmp_path, field_data):
+    src = field_data
+    dst = tmp_path / "gpu_data"
+    done = subprocess.run([str(SCRIPT), "--make-data", str(src), str(dst), "--short-side", "30", "--unlabeled", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "400 labelled peanut photos and 3 unlabelled photos" in done.stdout
+    data = open_dataset("peanut", dst)
+    original = open_dataset("peanut", src)
+    assert {s: [x.id for x in v] for s, v in data.splits.items()} == {s: [x.id for x in v] for s, v in original.splits.items()}
+    sample = data.splits["test"][0]
+    image, mask = cv2.imread(str(sample.image)), cv2.imread(str(sample.mask))
+    assert image.shape == (30, 40, 3) and mask.shape == (30, 40, 3)
+    assert set(np.unique(data.layout.decode_mask(sample.mask)).tolist()) == {0, 1, 2}  # nearest: only class colours
+    assert sorted(p.relative_to(dst).as_posix() for p in (dst / "unlabeled").rglob("*.jpg")) == [
+        "unlabeled/deepweeds/images/0.jpg", "unlabeled/deepweeds/images/4.jpg", "unlabeled/sesame/images/0.jpg"]
+    assert "git-ignored" in (dst / "README.md").read_text()
+
+    gpu_run = load_gpu_run()
+    with pytest.raises(WeedsegError, match="exists and is not empty"):
+        gpu_run.make_data(src, dst, 30, 75, 3, 45)
+    with pytest.raises(WeedsegError, match="over --max-mb 0.01: remove it and make it again"):
+        gpu_run.make_data(src, tmp_path / "big", 30, 75, 0, 0.01)
+
+
+def test_planned_epochs_fit_the_allotted_time_and_grow_with_it():
+    gpu_run = load_gpu_run()
+    cfg = ExperimentConfig(**gpu_run.FULL.experiment)
+    assumed = gpu_run.Assumed()
+    short, long = gpu_run.fit_epochs(cfg, 280, 240, assumed), gpu_run.fit_epochs(cfg, 280, 2400, assumed)
+    assert 1 < short.pretrain_epochs < long.pretrain_epochs
+    assert gpu_run.experiment_estimate(short, 280, assumed) <= 240
+    bigger = gpu_run.with_epochs(short, short.pretrain_epochs + 1, short.finetune_epochs + 1)
+    assert gpu_run.experiment_estimate(bigger, 280, assumed) > 240
+    assert short.pretrain_warmup_epochs == max(1, short.pretrain_epochs // 10)
+    plan = gpu_run.describe_plan(short, 280, 230.0, 240)
+    assert "3 paired seed(s)" in plan and "10 % of the labels" in plan and f"{10 * short.pretrain_epochs} iterations" in plan
+
+
+def test_gpu_use_reads_nvidia_smi_samples_within_a_phase(tmp_path):
+    gpu_run = load_gpu_run()
+    log = tmp_path / "gpu.csv"
+    log.write_text("2026/11/26 12:00:00.100, 10, 1000\n2026/11/26 12:00:01.100, 50, 3000\n"
+                   "2026/11/26 12:00:02.100, 90, 2000\n2026/11/26 12:00:03")  # the last line cut short
+    use = gpu_run.gpu_use(log, datetime(2026, 11, 26, 12, 0, 1), datetime(2026, 11, 26, 12, 0, 5))
+    assert use == (70.0, 3000.0)
+    assert gpu_run.gpu_use(log, datetime(2026, 11, 27), datetime(2026, 11, 28)) is None
+
+
+def test_a_stage_past_its_limit_is_stopped_with_its_children(tmp_path, monkeypatch):
+    gpu_run = load_gpu_run()
+    stage = gpu_run.Stage("sleeper", ["bash", "-c", "sleep 60 & echo started; wait"], 1.0)
+    monkeypatch.setattr(gpu_run, "MIN_STAGE_SECONDS", 0.5)
+    outcome = gpu_run.run_stage(stage, tmp_path, deadline=float("inf"), env={})
+    assert outcome.status == "timed out" and outcome.seconds < 10 and "started" in outcome.note
+    failing = gpu_run.Stage("fails", ["bash", "-c", "echo 'weedseg: error: no data'; exit 2"], 10.0)
+    assert gpu_run.run_stage(failing, tmp_path, float("inf"), {}).note == "exit status 2: weedseg: error: no data"
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end_writes_the_summary_and_the_tarball(tmp_path, field_data):
+    src = field_data
+    data, out, work = tmp_path / "gpu_data", tmp_path / "out", tmp_path / "work"
+    subprocess.run([str(SCRIPT), "--make-data", str(src), str(data), "--short-side", "48", "--unlabeled", "4"],
+                   check=True, capture_output=True, timeout=120)
+    done = subprocess.run([str(SCRIPT), "--tiny", "--skip", "throughput", "--data-root", str(data), "--out", str(out),
+                           "--work", str(work)], capture_output=True, text=True, timeout=600)
+    summary = (out / "summary.md").read_text()
+    assert done.returncode == 0, summary + done.stderr[-2000:]
+    assert "experiment: unet-resnet18-quarter, 1 paired seed(s)" in done.stdout  # the plan comes first
+    for stage in ("train", "export-int8", "evaluate", "predict", "pretrain-selective", "torchrun", "experiment"):
+        assert f"| {stage} | ok |" in summary
+    assert "| throughput | skipped | 0.0 | left out with --skip |" in summary  # costly on a CPU: see write_summary test
+    pool = (work / "logs" / "pretrain-selective.log").read_text()
+    assert "280 images from peanut train split" in pool and "4 images from " in pool  # peanut train + unlabelled
+    assert "#### 100 % of the labelled training images" in summary  # the experiment's tables
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_run.tar.gz", "summary.md"]
+    with tarfile.open(out / "gpu_run.tar.gz") as tar:
+        names = tar.getnames()
+    assert "gpu_run/logs/experiment.log" in names and "gpu_run/experiment/results.json" in names
+    assert "gpu_run/smoke/test.json" in names and "gpu_run/summary.md" in names
+    assert not [n for n in names if n.endswith((".pt", ".onnx"))]
+
+
+def test_summary_holds_the_stages_the_throughput_table_and_the_experiment_tables(tmp_path):
+    gpu_run = load_gpu_run()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "throughput.log").write_text(
+        "$ python benchmarks/training.py\n{'cpu': 'x'}\n\n| device | model | weedseg train |\n|---|---|---|\n"
+        "| cuda | unet-resnet34 | 512.0 |\n")
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "results.md").write_text("# Experiment: peanut\n\n## 10 % of the labels\n\n| a |\n")
+    args = argparse.Namespace(tiny=False)
+    outcomes = [gpu_run.Outcome("train", "ok", 12.5, "device cuda with bfloat16 | mixed precision"),
+                gpu_run.Outcome("torchrun", "timed out", 60.0, "stopped after 60 s")]
+    gpu_run.write_summary(tmp_path / "summary.md", args, "cpu", datetime(2026, 1, 2, 3, 4), time.monotonic(),
+                          gpu_run.FULL, outcomes, [], "experiment: the plan", tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| train | ok | 12.5 | device cuda with bfloat16 / mixed precision |" in summary  # no broken table
+    assert "| torchrun | timed out | 60.0 | stopped after 60 s |" in summary
+    assert "| cuda | unet-resnet34 | 512.0 |" in summary and "{'cpu'" not in summary
+    assert "experiment: the plan\n\n### Experiment: peanut\n\n#### 10 % of the labels" in summary
