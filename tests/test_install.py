@@ -4,15 +4,15 @@ environment, run from a folder that is not the checkout."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from serving import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,25 +72,6 @@ def test_training_command_without_torch_says_what_to_install(tmp_path):
     assert "pip install 'weedseg[train]'" in done.stderr and "Traceback" not in done.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(port: int, server: subprocess.Popen, timeout: float = 30) -> str:
-    """The body of Streamlit's health endpoint once the server answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.stdout.read() if server.stdout else "server exited"
-        try:
-            with urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=2) as reply:
-                return reply.read().decode()
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"weedseg app did not answer on port {port} within {timeout} s")
-
-
 APP_RENDERS = '''
 import sys
 from streamlit.testing.v1 import AppTest
@@ -139,7 +120,7 @@ def test_wheel_in_fresh_venv_predicts_and_serves_the_app(tmp_path, peanut_root):
     server = subprocess.Popen([str(venv / "bin" / "weedseg"), "app", "--port", str(port)], env=env, cwd=work,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert wait_for_health(port, server) == "ok"
+        wait_healthy(f"http://localhost:{port}", server)
         with urllib.request.urlopen(f"http://localhost:{port}/", timeout=5) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
     finally:
