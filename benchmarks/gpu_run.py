@@ -6,12 +6,12 @@ paired pretraining experiment that fits in 8 minutes on one H100, with everythin
     benchmarks/gpu_run.sh --tiny --data-root gpu_data --out OUT        # the same, tiny, on a CPU
 
 Stages, each a subprocess with its own time limit (a failure is reported and the others still run):
-smoke tests of `train` (bf16 autocast on CUDA), `pretrain --method selective` on the pool (peanut train +
-unlabelled photos; scoring on the device), `torchrun --nproc_per_node 1`, `export --int8`, `evaluate` and `predict`; the table of
-benchmarks/training.py; then the experiment (scratch vs random vs selective masking, paired seeds,
-all and 10 % of the peanut labels) with epochs chosen so that the whole run fits. OUT receives
-summary.md and gpu_run.tar.gz (logs, JSON results, tables; no checkpoints). Working files go to
---work. See docs/results.md.
+smoke tests of `train` (bf16 autocast on CUDA), `export --int8`, `predict`, `pretrain --method
+selective` on the pool (peanut train + unlabelled photos; scoring on the device), `torchrun
+--nproc_per_node 1` and `evaluate`; the table of benchmarks/training.py; then the experiment (scratch
+vs random vs selective masking, paired seeds, all and 10 % of the peanut labels) with epochs chosen
+so that the whole run fits. OUT receives summary.md and gpu_run.tar.gz (logs, JSON results, tables;
+no checkpoints). Working files go to --work. See docs/results.md.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ KEPT_SUFFIXES = {".json", ".jsonl", ".md", ".log", ".csv", ".txt"}  # what the t
 MAX_KEPT_BYTES = 16 << 20
 MIN_STAGE_SECONDS = 5.0  # a stage with less time left than this is skipped
 SKIPPED = "left out with --skip"
-STAGES = ("train", "export-int8", "evaluate", "predict", "pretrain-selective", "torchrun", "throughput", "experiment")
+STAGES = ("train", "export-int8", "predict", "pretrain-selective", "torchrun", "evaluate", "throughput", "experiment")
 
 
 # ---------------------------------------------------------------- the small data folder (--make-data)
@@ -90,7 +90,8 @@ def make_data(src: Path, dst: Path, short_side: int, quality: int, unlabeled: in
     peanut = open_dataset("peanut", src)
     samples = [s for split in peanut.splits.values() for s in split]
     for sample in samples:
-        write_image(dst / "peanut" / "images" / sample.image.name, downscaled(read_rgb(sample.image), short_side), quality)
+        image = downscaled(read_rgb(sample.image), short_side)
+        write_image(dst / "peanut" / "images" / sample.image.name, image, quality)
         write_image(dst / "peanut" / "labels" / sample.mask.with_suffix(".png").name,
                     downscaled(read_label_map(sample.mask), short_side, nearest=True), quality)
     groups = sorted(p for p in (src / "unlabeled").glob("*") if p.is_dir())
@@ -155,13 +156,13 @@ class Setting:
 
 
 FULL = Setting(
-    seconds=480, smoke_seconds=120, bench_seconds=100, reserve_seconds=30,
+    seconds=470, smoke_seconds=130, bench_seconds=100, reserve_seconds=40,
     limits={"train": 75, "export-int8": 75, "evaluate": 40, "predict": 40, "pretrain-selective": 75, "torchrun": 60},
     train=("--budget", "paper", "--epochs", "2", "--warmup-epochs", "1", "--train-fraction", "0.25"),
     torchrun=("--budget", "paper", "--epochs", "2", "--warmup-epochs", "1", "--train-fraction", "0.1"),
     pretrain=("--budget", "paper", "--epochs", "1", "--warmup-epochs", "1", "--partitions", "3", "--pictures", "1"),
     export=("--calibration-images", "16"),
-    predict_images=16,
+    predict_images=8,
     bench=(),
     experiment={"model": "unet-resnet34", "budget": "paper", "seeds": 3, "fractions": (1.0, 0.1),
                 "pretrain_batch_size": 64, "finetune_batch_size": 8, "evals_per_run": 5, "crop": 256,
@@ -170,8 +171,8 @@ FULL = Setting(
 TINY_MODEL = ("--model", "unet-resnet18-quarter", "--epochs", "1", "--warmup-epochs", "0", "--crop", "64",
               "--workers", "0")
 TINY = Setting(
-    seconds=240, smoke_seconds=100, bench_seconds=60, reserve_seconds=20,
-    limits=dict.fromkeys(STAGES[:6], 60),
+    seconds=900, smoke_seconds=400, bench_seconds=200, reserve_seconds=60,  # limits for a busy machine
+    limits=dict.fromkeys(STAGES[:6], 200),
     train=(*TINY_MODEL, "--train-fraction", "0.05", "--batch-size", "4", "--eval-short-side", "64"),
     torchrun=(*TINY_MODEL, "--train-fraction", "0.05", "--batch-size", "4", "--eval-short-side", "64"),
     pretrain=(*TINY_MODEL, "--partitions", "2", "--batch-size", "4", "--score-short-side", "64", "--cells", "64",
@@ -202,7 +203,8 @@ def experiment_estimate(cfg: ExperimentConfig, train_images: int, assumed: Assum
     finetune_loads = 0
     for fraction in cfg.fractions:
         images = max(1, round(train_images * fraction))
-        per_epoch = images if images < cfg.finetune_batch_size else images // cfg.finetune_batch_size * cfg.finetune_batch_size
+        batch = cfg.finetune_batch_size
+        per_epoch = images if images < batch else images // batch * batch  # full batches only
         finetune_loads += len(cfg.methods) * finetune_schedule(cfg, fraction)[0] * per_epoch
     runs = len(pretrained) + len(cfg.methods) * len(cfg.fractions)
     compute = pretrain_loads / assumed.pretrain_rate + finetune_loads / assumed.train_rate
@@ -263,7 +265,7 @@ def stop_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
+        proc.wait(timeout=20)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -319,12 +321,12 @@ def run_lane(stages: list[Stage], logs: Path, deadline: float, env: dict[str, st
 
 
 def smoke_lanes(s: Setting, data_root: Path, work: Path, device: str) -> list[list[Stage]]:
-    """The smoke tests in two lanes that run side by side: train -> export -> evaluate -> predict, and
-    pretrain -> torchrun."""
+    """The smoke tests in two lanes that run side by side: train -> export --int8 -> predict, and
+    pretrain -> torchrun train -> evaluate (of the torchrun model)."""
     cli = [sys.executable, "-m", "weedseg.cli"]
     data = ["--dataset", "peanut", "--data-root", str(data_root)]
     smoke = work / "smoke"
-    best, onnx = smoke / "train" / "best.pt", smoke / "model.onnx"
+    best, onnx, ddp_best = smoke / "train" / "best.pt", smoke / "model.onnx", smoke / "torchrun" / "best.pt"
     trained = ("device cuda with bfloat16 mixed precision",) if device == "cuda" else ("device cpu",)
     predict_in = smoke / "predict-input"
     predict_in.mkdir(parents=True)
@@ -335,16 +337,17 @@ def smoke_lanes(s: Setting, data_root: Path, work: Path, device: str) -> list[li
                s.limits["train"], (*trained, "best validation mIoU")),
          Stage("export-int8", [*cli, "export", str(best), "--out", str(onnx), "--int8", *data, *s.export],
                s.limits["export-int8"], ("INT8 model",), needs="train"),
-         Stage("evaluate", [*cli, "evaluate", str(best), *data, "--split", "test", "--device", device,
-                            "--out", str(smoke / "test.json")], s.limits["evaluate"], ("mIoU",), needs="train"),
          Stage("predict", [*cli, "predict", str(predict_in), "--model", str(onnx), "--out", str(smoke / "predict")],
                s.limits["predict"], (" 0 failed",), needs="export-int8")],
-        [Stage("pretrain-selective", [*cli, "pretrain", "--method", "selective", *data,
-                                      "--images", str(data_root / "unlabeled"), *s.pretrain, "--device", device, "--out", str(smoke / "pretrain")],
+        [Stage("pretrain-selective", [*cli, "pretrain", "--method", "selective", *data, "--images",
+                                      str(data_root / "unlabeled"), *s.pretrain, "--device", device,
+                                      "--out", str(smoke / "pretrain")],
                s.limits["pretrain-selective"], ("scored", f"device {device}")),
          Stage("torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                             "-m", "weedseg.cli", "train", *data, *s.torchrun, "--device", device,
-                            "--out", str(smoke / "torchrun")], s.limits["torchrun"], trained)],
+                            "--out", str(ddp_best.parent)], s.limits["torchrun"], trained),
+         Stage("evaluate", [*cli, "evaluate", str(ddp_best), *data, "--split", "test", "--device", device,
+                            "--out", str(smoke / "test.json")], s.limits["evaluate"], ("mIoU",), needs="torchrun")],
     ]
 
 

@@ -66,9 +66,9 @@ def test_make_data_keeps_the_layout_and_split_and_refuses_too_big_or_used_folder
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "400 labelled peanut photos and 3 unlabelled photos" in done.stdout
-    data = open_dataset("peanut", dst)
-    original = open_dataset("peanut", src)
-    assert {s: [x.id for x in v] for s, v in data.splits.items()} == {s: [x.id for x in v] for s, v in original.splits.items()}
+    data, original = open_dataset("peanut", dst), open_dataset("peanut", src)
+    assert {s: [x.id for x in v] for s, v in data.splits.items()} == {
+        s: [x.id for x in v] for s, v in original.splits.items()}
     sample = data.splits["test"][0]
     image, mask = cv2.imread(str(sample.image)), cv2.imread(str(sample.mask))
     assert image.shape == (30, 40, 3) and mask.shape == (30, 40, 3)
@@ -95,7 +95,8 @@ def test_planned_epochs_fit_the_allotted_time_and_grow_with_it():
     assert gpu_run.experiment_estimate(bigger, 280, assumed) > 240
     assert short.pretrain_warmup_epochs == max(1, short.pretrain_epochs // 10)
     plan = gpu_run.describe_plan(short, 280, 230.0, 240)
-    assert "3 paired seed(s)" in plan and "10 % of the labels" in plan and f"{10 * short.pretrain_epochs} iterations" in plan
+    assert "3 paired seed(s)" in plan and "10 % of the labels" in plan
+    assert f"{10 * short.pretrain_epochs} iterations of batch 64" in plan  # 10 partitions of 28 images: 1 batch each
 
 
 def test_gpu_use_reads_nvidia_smi_samples_within_a_phase(tmp_path):
