@@ -49,6 +49,7 @@ def png_bomb(path: Path) -> None:
 
 
 BAD_FILES = ["bad/empty.jpg", "bad/text.png", "bad/truncated.jpg", "bad/corrupt.png", "bad/bomb.png"]
+GREY_FILES = ["row2/grey.png", "row2/grey16.png"]  # no colour: refused, a colour model would find no weeds
 
 
 @pytest.fixture()
@@ -92,9 +93,8 @@ def test_folder_tree_with_bad_files(tree, model, tmp_path, capsys):
     err = capsys.readouterr().err
     rows = read_summary(out)
     good = {"row1/a.jpg": (320, 240), "row1/a.png": (320, 240), "row2/deep/b.tiff": (150, 200),
-            "row2/grey.png": (320, 240), "row2/rgba.png": (320, 240), "row2/grey16.png": (320, 240),
-            "row2/rotated.jpg": (240, 320)}
-    assert set(rows) == set(good) | set(BAD_FILES)
+            "row2/rgba.png": (320, 240), "row2/rotated.jpg": (240, 320)}
+    assert set(rows) == set(good) | set(BAD_FILES) | set(GREY_FILES)
     for name, (w, h) in good.items():
         row = rows[name]
         assert row["status"] == "predicted", row
@@ -113,25 +113,26 @@ def test_folder_tree_with_bad_files(tree, model, tmp_path, capsys):
         assert rows[name]["status"] == "failed" and rows[name]["error"], rows[name]
         assert name in err
     assert "decompression bomb" in rows["bad/bomb.png"]["error"]
+    assert all("no colour" in rows[name]["error"] for name in GREY_FILES)
     assert not list(out.rglob("*.part")), "temporary files left behind"
 
 
 def test_resume_skips_done_images_and_overwrite_redoes_them(tree, model, tmp_path):
-    for bad in BAD_FILES:
+    for bad in BAD_FILES + GREY_FILES:
         (tree / bad).unlink()
     out = tmp_path / "out"
     args = ["predict", str(tree), "--model", str(model), "--out", str(out)]
     assert main(args) == 0
     first = read_summary(out)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mask.png")}
-    (out / "row2" / "grey.mask.png").unlink()  # as if the run had been interrupted there
+    (out / "row2" / "rgba.mask.png").unlink()  # as if the run had been interrupted there
 
     assert main(args) == 0
     rows = read_summary(out)
-    assert rows["row2/grey.png"]["status"] == "predicted"
-    assert {r["status"] for n, r in rows.items() if n != "row2/grey.png"} == {"done before"}
+    assert rows["row2/rgba.png"]["status"] == "predicted"
+    assert {r["status"] for n, r in rows.items() if n != "row2/rgba.png"} == {"done before"}
     assert all(rows[n]["weed_pct"] == first[n]["weed_pct"] for n in rows)  # rows rebuilt from the masks
-    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.name != "grey.mask.png")
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.name != "rgba.mask.png")
 
     assert main(args + ["--overwrite"]) == 0
     assert {r["status"] for r in read_summary(out).values()} == {"predicted"}

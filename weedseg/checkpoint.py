@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import WeedsegError, __version__
-from .models import create_model
+from .models import MODELS, create_model
 
 FORMAT = "weedseg.checkpoint/1"
 
@@ -63,13 +63,46 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeedsegError(f"{path} is not a weedseg checkpoint (expected format {FORMAT!r})")
+    problem = describe_problem(ckpt)
+    if problem:
+        raise WeedsegError(f"{path} is a damaged or incomplete weedseg checkpoint: {problem}")
     return ckpt
 
 
+def describe_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is missing or malformed in a loaded checkpoint's description, or None when it is complete."""
+    spec = ckpt.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("num_classes"), int) or spec["num_classes"] < 1:
+        return "no model description (model.name and model.num_classes)"
+    if spec.get("name") not in MODELS:
+        return f"unknown architecture {spec.get('name')!r} (this weedseg knows {', '.join(MODELS)})"
+    n = spec["num_classes"]
+    classes, colors, norm = ckpt.get("classes"), ckpt.get("colors"), ckpt.get("normalization")
+    if not isinstance(classes, list) or len(classes) != n or not all(isinstance(c, str) for c in classes):
+        return f"'classes' must name its {n} classes, got {classes!r}"
+    if not isinstance(colors, list) or len(colors) != n or not all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors):
+        return f"'colors' must hold {n} RGB triples in 0..255"
+    if not isinstance(norm, dict) or not all(
+            isinstance(norm.get(k), list) and len(norm[k]) == 3 and all(isinstance(v, (int, float)) for v in norm[k])
+            for k in ("mean", "std")) or min(norm["std"]) <= 0:
+        return "'normalization' must hold 3 means and 3 positive stds"
+    weights = ckpt.get("state_dict")
+    if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "no weights ('state_dict')"
+    return None
+
+
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (in eval mode)."""
+    """Rebuild the model a checkpoint describes and load its weights (in eval mode); WeedsegError when the
+    weights do not fit the architecture it names."""
     spec = ckpt["model"]
     model = create_model(spec["name"], spec["num_classes"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:  # missing, unexpected or differently shaped weights
+        detail = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise WeedsegError(f"the checkpoint's weights do not fit the architecture it names, {spec['name']} with "
+                           f"{spec['num_classes']} classes ({detail[:300]}); it is damaged or was edited") from exc
     return model.eval()
 

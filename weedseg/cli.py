@@ -281,7 +281,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root")
     p.add_argument("--split", choices=SPLITS, default="val", help="split the FP32 and INT8 mIoU are scored on")
     p.add_argument("--calibration-images", type=int_in(1), default=32, help="training images that calibrate INT8")
-    p.add_argument("--tolerance", type=positive_float, default=1e-3, help="largest allowed |ONNX - torch| logit difference")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |ONNX - torch| logit difference")
     p.add_argument("--train-gsd", type=float, metavar="CM_PER_PIXEL",
                    help="ground sampling distance of the training images at --input-short-side, where known; "
                         "predict then warns when an image's is far from it (docs/spray-maps.md)")

@@ -212,25 +212,42 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledDat
     if input_short_side is None:
         input_short_side = model_short_side(ckpt)
     out = Path(out)
-    info = export_onnx(ckpt, out, input_short_side, train_gsd_cm)
-    print(f"exported {checkpoint} -> {out} ({info.model_name}, classes {', '.join(info.classes)}, "
-          f"input short side {info.input_short_side or 'native'})")
-    images = [read_rgb(s.image) for s in data.splits[check_split][: max(1, check_images)]]
-    parity = check_parity(Segmenter(out, device="cpu"), model_from_checkpoint(ckpt), images)
-    print(f"self-check on {parity.inputs} real inputs vs torch: max abs logit difference {parity.max_abs_diff:.2e}, "
-          f"mask agreement {100 * parity.mask_agreement:.3f} %")
-    if parity.max_abs_diff > tolerance or parity.mask_agreement < 0.999:
-        out.unlink()
-        raise WeedsegError(f"ONNX export of {checkpoint} does not reproduce torch (max abs logit difference "
-                           f"{parity.max_abs_diff:.2e} > {tolerance:g} or mask agreement below 99.9 %); "
-                           "the file was removed")
-    report = {"onnx": str(out), "parity": parity.__dict__}
-    if int8:
-        q = int8_path(out)
-        quantize_int8(out, q, data, "train", calibration_images)
-        fp32 = evaluate_onnx(out, data, score_split)["miou"]
-        i8 = evaluate_onnx(q, data, score_split)["miou"]
-        print(f"INT8 model -> {q}: mIoU on {score_split} ({len(data.splits[score_split])} images) "
-              f"FP32 {100 * fp32:.2f}, INT8 {100 * i8:.2f} ({100 * (i8 - fp32):+.2f} points)")
-        report.update(int8=str(q), miou_fp32=fp32, miou_int8=i8)
+    q = int8_path(out)
+    temps = [part_path(out)] + ([part_path(q)] if int8 else [])
+    try:
+        try:  # before minutes of work, not after
+            out.parent.mkdir(parents=True, exist_ok=True)
+            temps[0].write_bytes(b"")
+        except OSError as exc:
+            raise WeedsegError(f"cannot write {out} ({exc.strerror or exc}); choose a writable --out") from exc
+        info = export_onnx(ckpt, temps[0], input_short_side, train_gsd_cm)
+        print(f"exported {checkpoint} ({info.model_name}, classes {', '.join(info.classes)}, "
+              f"input short side {info.input_short_side or 'native'})")
+        images = [read_rgb(s.image) for s in data.splits[check_split][: max(1, check_images)]]
+        parity = check_parity(Segmenter(temps[0], device="cpu"), model_from_checkpoint(ckpt), images)
+        print(f"self-check on {parity.inputs} real inputs vs torch: max abs logit difference "
+              f"{parity.max_abs_diff:.2e}, mask agreement {100 * parity.mask_agreement:.3f} %")
+        if parity.max_abs_diff > tolerance or parity.mask_agreement < 0.999:
+            raise WeedsegError(f"ONNX export of {checkpoint} does not reproduce torch (max abs logit difference "
+                               f"{parity.max_abs_diff:.2e} > {tolerance:g} or mask agreement below 99.9 %); "
+                               f"nothing was written{' and the existing ' + str(out) + ' is unchanged' if out.exists() else ''}")
+        report = {"onnx": str(out), "parity": parity.__dict__}
+        if int8:
+            quantize_int8(temps[0], temps[1], data, "train", calibration_images)
+            fp32 = evaluate_onnx(temps[0], data, score_split)["miou"]
+            i8 = evaluate_onnx(temps[1], data, score_split)["miou"]
+            print(f"INT8 model: mIoU on {score_split} ({len(data.splits[score_split])} images) "
+                  f"FP32 {100 * fp32:.2f}, INT8 {100 * i8:.2f} ({100 * (i8 - fp32):+.2f} points)")
+            report.update(int8=str(q), miou_fp32=fp32, miou_int8=i8)
+        for temp, final in zip(temps, [out, q]):  # only now are the old files replaced
+            os.replace(temp, final)
+            print(f"wrote {final}")
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
     return report
+
+
+def part_path(path: Path) -> Path:
+    """A temporary name next to `path` (model.onnx -> .model.<pid>.part.onnx) that replaces it once complete."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.part{path.suffix}")

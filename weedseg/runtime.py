@@ -81,10 +81,26 @@ def open_run(out: Path, resume: bool, overwrite: bool) -> dict | None:
 
 
 def truncate_log(log_path: Path, key: str, last: int) -> None:
-    """Drop JSONL records whose `key` is past `last` (written just before a kill), so a resumed run repeats none."""
-    if log_path.exists():
-        keep = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)[key] <= last]
-        log_path.write_text("".join(line + "\n" for line in keep))
+    """Drop JSONL records whose `key` is past `last` (written just before a kill), so a resumed run repeats none.
+
+    A half-written last line (a kill while appending) is dropped too; a damaged line before it is a WeedsegError.
+    """
+    if not log_path.exists():
+        return
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    keep = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            value = record[key]
+        except (ValueError, TypeError, KeyError) as exc:
+            if n == len(lines):
+                break  # the record being written when the run was killed
+            raise WeedsegError(f"{log_path} line {n} is damaged ({type(exc).__name__}); fix or delete that line, "
+                               "then resume again") from exc
+        if value <= last:
+            keep.append(line)
+    log_path.write_text("".join(line + "\n" for line in keep))
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:

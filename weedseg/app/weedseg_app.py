@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from weedseg.data.io import IMAGE_SUFFIXES
+from weedseg import WeedsegError
+from weedseg.data.io import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from weedseg.data.transforms import resize_short_side
 from weedseg.infer import outputs
-from weedseg.infer.image import (MAX_PIXELS, SegmentedImage, colour_mask, cover_grid, csv_bytes, grid_heatmap,
-                                 safe_name, segment_upload, summary_columns, zip_bytes)
+from weedseg.infer.image import (SESSION_FILES, SESSION_PIXELS, SegmentedImage, SessionBudget, colour_mask, cover_grid,
+                                 csv_bytes, grid_heatmap, safe_name, segment_upload, summary_columns, upload_pixels,
+                                 zip_bytes)
 from weedseg.infer.pipeline import PredictOptions, failure
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter
 from weedseg.infer.spray import SAVING_NOTE, SpraySettings, draw_spray_cells
@@ -66,10 +68,11 @@ def legend(classes: list[str], colors: list[list[int]]) -> None:
 
 
 def segment_all(seg: Segmenter, files: list) -> list[tuple[str, SegmentedImage | str]]:
-    """(name, result or error message) per uploaded file, segmenting only files not seen before."""
+    """(name, result or error message) per uploaded file, segmenting only files not seen before; files past
+    the session's budget (SessionBudget) get a message and are segmented once others are removed."""
     done: dict = st.session_state.setdefault("results", {})
     taken: set[str] = set()
-    results, keep = [], set()
+    results, keep, budget = [], set(), SessionBudget()
     progress = st.progress(0.0) if files else None
     for i, f in enumerate(files):
         name = safe_name(f.name, taken)
@@ -77,10 +80,17 @@ def segment_all(seg: Segmenter, files: list) -> list[tuple[str, SegmentedImage |
         if key not in done:
             progress.progress(i / len(files), text=f"Segmenting {name} ({i + 1} of {len(files)}) ...")
             try:
+                budget.admit(upload_pixels(f.getvalue()))
+            except WeedsegError as exc:  # not kept in `done`: tried again on the next run of the page
+                results.append((name, str(exc)))
+                continue
+            try:
                 done[key] = segment_upload(seg, f.getvalue(), name, OPTIONS.short_side, OPTIONS.tile,
                                            OPTIONS.overlap, OPTIONS.batch_size)
             except Exception as exc:  # noqa: BLE001 - one bad file must not break the page for the others
                 done[key] = failure(exc)["error"]
+        elif isinstance(done[key], SegmentedImage):
+            budget.files, budget.pixels = budget.files + 1, budget.pixels + done[key].mask.size
         keep.add(key)
         results.append((name, done[key]))
     for key in set(done) - keep:  # forget files the user removed
@@ -207,7 +217,8 @@ def main() -> None:
                                         0.5, help="a grid cell is sprayed from this weed cover on")
     st.sidebar.caption(f"{info.model_name}, {info.precision}, classes {', '.join(info.classes)}; images are "
                        f"segmented at a short side of {info.input_short_side or 'full'} px. Limit: "
-                       f"{MAX_PIXELS / 1e6:g} megapixels per image.")
+                       f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels per photo, {SESSION_FILES} photos and "
+                       f"{SESSION_PIXELS / 1e6:g} megapixels at once.")
     st.write("Drop field photos below. Each one is segmented into "
              f"{', '.join(info.classes)}; the numbers are shares of the image's pixels.")
     legend(info.classes, info.colors)

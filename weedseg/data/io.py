@@ -1,8 +1,19 @@
-"""Reading images and label maps from disk, with errors that name the file."""
+"""Reading images and label maps from disk, with errors that name the file.
+
+Memory is bounded by design: an image's size is read from its header and checked against a pixel
+budget before any pixel is decoded, and images without colour (grey, 1-bit, float) are refused
+rather than segmented into meaningless results.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -10,41 +21,112 @@ from PIL import Image, ImageOps
 
 from .. import WeedsegError
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused from their header, before decoding
+RUN_MANIFEST = "weedseg-run.json"  # `weedseg predict` writes it into --out; such folders are never read as input
 
 
-def find_images(path: str | Path, exclude: str | Path | None = None) -> list[Path]:
-    """`path` itself if it is a file, else every image below the folder (recursively, sorted).
+def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:
+    """`path` itself if it is a file, else every image below the folder (recursively, sorted), and one
+    'folder: reason' line per sub-folder that could not be listed.
 
-    Hidden files and anything under `exclude` are skipped; a missing path or a folder without
-    images is a WeedsegError.
+    Hidden files, anything under `exclude` and folders holding weedseg outputs (RUN_MANIFEST) are
+    skipped; a missing path, an output folder given as input or a folder without images is a WeedsegError.
     """
     path = Path(path)
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
         raise WeedsegError(f"input not found: {path}")
+    if (path / RUN_MANIFEST).is_file():
+        raise WeedsegError(f"{path} holds the outputs of `weedseg predict` ({RUN_MANIFEST}); give the folder of the photos")
     skip = Path(exclude).resolve() if exclude else None
-    found = [p for p in sorted(path.rglob("*"))
-             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-             and not (skip and p.resolve().is_relative_to(skip))]
+    found: list[Path] = []
+    unreadable: list[str] = []
+
+    def note(exc: OSError) -> None:
+        unreadable.append(f"{exc.filename}: cannot list this folder ({exc.strerror or exc}); its images were skipped")
+
+    for folder, dirs, names in os.walk(path, onerror=note):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if not (here / d / RUN_MANIFEST).is_file()
+                   and not (skip and (here / d).resolve() == skip)]
+        found += [here / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")
+                  and (here / n).is_file()]
     if not found:
-        raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
+        detail = f" ({'; '.join(unreadable)})" if unreadable else ""
+        raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}{detail}")
+    return sorted(found), unreadable
+
+
+def find_images(path: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """The images of `scan_images`; folders that could not be listed are logged as warnings."""
+    found, unreadable = scan_images(path, exclude)
+    for line in unreadable:
+        log.warning("%s", line)
     return found
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as HxWx3 uint8 RGB: EXIF orientation applied; grey, RGBA and 16-bit converted."""
+def check_pixels(width: int, height: int, max_pixels: int, name: str = "the image") -> None:
+    """WeedsegError when width x height exceeds `max_pixels` (checked from headers, before decoding)."""
+    if width * height > max_pixels:
+        raise WeedsegError(f"{name} is {width} x {height} = {width * height / 1e6:.1f} megapixels, over the limit "
+                           f"of {max_pixels / 1e6:g} megapixels per image; split it into smaller images")
+
+
+def has_colour(im: Image.Image) -> bool:
+    """True for colour modes (RGB, RGBA, CMYK, YCbCr, LAB, HSV, palette); False for grey, 1-bit, LA, 16-bit grey, float."""
+    bands = [b for b in im.getbands() if b != "A"]
+    return len(bands) >= 3 or bands == ["P"]
+
+
+@contextmanager
+def open_checked(source: str | Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS,
+                 name: str | None = None) -> Iterator[Image.Image]:
+    """The image opened lazily (header only) after its size and colour are checked; every problem reading it,
+    also inside the `with` block, becomes a WeedsegError naming it (`name`, default: the path; "" for none).
+
+    Images without colour are refused: a colour model finds no crop or weed in them, so their results
+    would be wrong.
+    """
+    if name is None:
+        name = str(source) if isinstance(source, (str, Path)) else ""
+    prefix = f"{name}: " if name else ""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
-                im = Image.fromarray((arr / peak * 255.0).round().astype(np.uint8))
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # SyntaxError: PIL's broken-file error
-        raise WeedsegError(f"cannot read image {path}: {exc}") from exc
+        with warnings.catch_warnings():  # PIL warns of images over ~89 Mpx; the check below refuses them anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
+        with im:
+            check_pixels(*im.size, max_pixels, name or "the image")
+            if not has_colour(im):
+                raise WeedsegError(f"{prefix}no colour (image mode {im.mode}: grey, 1-bit or floating point); weedseg "
+                                   "models segment colour photos, so give the RGB original")
+            yield im
+    except Image.UnidentifiedImageError as exc:
+        tiff = " (TIFFs with floating-point or more than 4 bands are not read: save it as 8- or 16-bit RGB)"
+        raise WeedsegError(f"{prefix}not an image weedseg can read (JPG, PNG, TIFF, BMP or WebP expected)"
+                           f"{tiff if name.lower().endswith(('.tif', '.tiff')) else ''}") from exc
+    except Image.DecompressionBombError as exc:
+        raise WeedsegError(f"{prefix}far larger than the limit of {max_pixels / 1e6:g} megapixels per image ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # SyntaxError: PIL's broken-file error
+        raise WeedsegError(f"{prefix}damaged or unreadable image ({exc})") from exc
+
+
+def image_size(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header alone, checked as `open_checked` does (EXIF rotation not applied)."""
+    with open_checked(path, max_pixels) as im:
+        return im.size
+
+
+def read_rgb(source: str | Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB, EXIF orientation applied; palette, RGBA, CMYK and 16-bit RGB converted.
+
+    Size and colour are checked from the header before decoding (see `open_checked`).
+    """
+    with open_checked(source, max_pixels, name) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
 def read_label_map(path: str | Path) -> np.ndarray:

@@ -1,6 +1,6 @@
 """One image in memory: decode uploaded bytes, segment them as `weedseg predict` does, summarise the result.
 
-Used by the upload page (app/weedseg_app.py); nothing here touches the file system, and file
+Used by the upload page (weedseg/app/weedseg_app.py); nothing here touches the file system, and file
 names given by users only ever become display and download names (`safe_name`).
 """
 
@@ -14,41 +14,55 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from .. import WeedsegError
-from ..data.io import read_rgb
+from ..data.io import MAX_IMAGE_PIXELS, open_checked, read_rgb
 from ..data.transforms import resize_short_side
 from . import outputs
 from .geo import Ground, GroundOptions, describe_ground
 from .pipeline import PredictOptions
 from .session import Segmenter
 from .spray import SprayPlan, SpraySettings, plan_spray, spray_map_bytes
-from .tiling import predict_mask
+from .tiling import check_model_pixels, predict_mask
 
-MAX_PIXELS = 50_000_000  # larger uploads are refused before their pixels are decoded
+SESSION_FILES = 20  # photos one page session segments and holds at once
+SESSION_PIXELS = 150_000_000  # their pixels in all: about 600 MB of images and masks
 
-
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """HxWx3 uint8 RGB of an encoded image (JPG, PNG, TIFF ...); WeedsegError if unreadable or too large."""
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """HxWx3 uint8 RGB of an encoded image (JPG, PNG, TIFF ...); WeedsegError if unreadable, too large or
+    without colour (the size is checked from the header, before decoding)."""
     if not data:
         raise WeedsegError("the file is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-    except Image.DecompressionBombError:
-        raise WeedsegError(f"the image is far larger than the limit of {max_pixels / 1e6:g} megapixels") from None
-    except Image.UnidentifiedImageError:
-        raise WeedsegError("not an image that can be read (JPG, PNG, TIFF, BMP or WebP expected)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise WeedsegError(f"damaged or unreadable image ({exc})") from exc
-    if width * height > max_pixels:
-        raise WeedsegError(f"the image is {width} x {height} = {width * height / 1e6:.1f} megapixels, over the "
-                           f"limit of {max_pixels / 1e6:g}; split it into smaller images or use `weedseg predict`")
-    try:
-        return read_rgb(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects as well as paths
-    except WeedsegError as exc:
-        raise WeedsegError(f"damaged or unreadable image ({exc.__cause__})") from exc
+    return read_rgb(io.BytesIO(data), max_pixels, name="")
+
+
+def upload_pixels(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> int:
+    """Pixels of an encoded image, from its header alone (checked as `decode_image` checks it)."""
+    if not data:
+        raise WeedsegError("the file is empty")
+    with open_checked(io.BytesIO(data), max_pixels, name="") as im:
+        return im.size[0] * im.size[1]
+
+
+@dataclass
+class SessionBudget:
+    """What one page session holds at once: at most SESSION_FILES photos of SESSION_PIXELS pixels in all
+    (each held as its RGB pixels and its mask, 4 bytes a pixel)."""
+
+    files: int = 0
+    pixels: int = 0
+
+    def admit(self, pixels: int) -> None:
+        """Count a photo in, or raise WeedsegError saying what to do when the session is full."""
+        if self.files >= SESSION_FILES:
+            raise WeedsegError(f"the page segments at most {SESSION_FILES} photos at once; remove some from the "
+                               "uploader, or use `weedseg predict` for whole folders")
+        if self.pixels + pixels > SESSION_PIXELS:
+            raise WeedsegError(f"the page holds at most {SESSION_PIXELS / 1e6:g} megapixels of photos at once "
+                               f"({self.pixels / 1e6:.1f} held, this one {pixels / 1e6:.1f}); remove some photos "
+                               "from the uploader, or use `weedseg predict` for whole folders")
+        self.files += 1
+        self.pixels += pixels
 
 
 def segment_rgb(seg: Segmenter, rgb: np.ndarray, short_side: int | None = PredictOptions.short_side,
@@ -57,6 +71,7 @@ def segment_rgb(seg: Segmenter, rgb: np.ndarray, short_side: int | None = Predic
     """Class-index mask (H, W) of an HxWx3 uint8 RGB image, computed as `weedseg predict` does, with its
     defaults (short_side None: the model's resolution; 0: native)."""
     side = seg.info.input_short_side if short_side is None else short_side
+    check_model_pixels(rgb.shape[1], rgb.shape[0], side)
     x = seg.model_input(resize_short_side(rgb, side))
     return predict_mask(x, seg.run, *rgb.shape[:2], tile, overlap, batch_size, seg.info.size_multiple)
 

@@ -14,6 +14,7 @@ from typing import Any
 from .. import WeedsegError
 
 FORMAT = "weedseg.onnx/1"
+MAX_INPUT_SHORT_SIDE = 4096  # a larger model resolution would need gigabytes per image
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,11 @@ class ModelInfo:
             raise fail(f"metadata normalisation needs 3 means and 3 positive stds, got {norm}")
         if info.train_gsd_cm is not None and not info.train_gsd_cm > 0:
             raise fail(f"metadata train_gsd_cm must be positive, got {info.train_gsd_cm}")
-        if info.size_multiple < 1 or info.input_short_side < 0:
-            raise fail(f"metadata size_multiple {info.size_multiple} / input_short_side "
-                       f"{info.input_short_side} out of range")
+        if not 1 <= info.size_multiple <= 256:
+            raise fail(f"metadata size_multiple must be 1..256, got {info.size_multiple}")
+        if info.input_short_side != 0 and not info.size_multiple <= info.input_short_side <= MAX_INPUT_SHORT_SIDE:
+            raise fail(f"metadata input_short_side must be 0 (native) or {info.size_multiple}..{MAX_INPUT_SHORT_SIDE} "
+                       f"pixels, got {info.input_short_side}")
         return info
 
 

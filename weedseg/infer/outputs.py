@@ -21,6 +21,7 @@ from .. import WeedsegError
 # GeoTIFF tags: pixel scale, tie points, transformation, GeoKey directory, double and ASCII params
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 GeoTags = dict[int, tuple[object, int]]  # tag -> (value, TIFF type)
+STRIP_PIXELS = 1 << 20  # pixels per strip of rows in full-size work
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -80,13 +81,33 @@ def read_mask(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
+def strips(height: int, width: int, pixels: int = STRIP_PIXELS) -> list[slice]:
+    """Row ranges of about `pixels` pixels each covering an image, for work whose temporaries must stay small."""
+    step = max(1, pixels // max(1, width))
+    return [slice(y, y + step) for y in range(0, height, step)]
+
+
 def overlay(rgb: np.ndarray, mask: np.ndarray, colors: list[list[int]], alpha: float = 0.45) -> np.ndarray:
-    """The photo with every class but the first (soil/background) tinted in its colour."""
+    """The photo with every class but the first (soil/background) tinted in its colour (made in strips of rows,
+    so only the result is held at full size)."""
     lut = np.zeros((256, 1, 3), np.uint8)
     lut[: len(colors), 0] = colors
-    tinted = cv2.addWeighted(rgb, 1 - alpha, cv2.LUT(cv2.merge([mask, mask, mask]), lut), alpha, 0)
-    cv2.copyTo(rgb, (mask == 0).view(np.uint8), tinted)  # soil keeps the photo's pixels
-    return tinted
+    out = np.empty_like(rgb)
+    for rows in strips(*mask.shape):
+        m, photo = mask[rows], rgb[rows]
+        tinted = cv2.addWeighted(photo, 1 - alpha, cv2.LUT(cv2.merge([m, m, m]), lut), alpha, 0)
+        cv2.copyTo(photo, (m == 0).view(np.uint8), tinted)  # soil keeps the photo's pixels
+        out[rows] = tinted
+    return out
+
+
+def class_counts(mask: np.ndarray, classes: int) -> np.ndarray:
+    """Pixels per class of a uint8 class-index mask, counted in strips (a bincount of the whole mask would
+    hold 8 bytes per pixel)."""
+    counts = np.zeros(256, np.int64)
+    for rows in strips(*mask.shape):
+        counts += np.bincount(mask[rows].ravel(), minlength=256)
+    return counts[:classes]
 
 
 @dataclass
@@ -106,7 +127,7 @@ def weed_grid(mask: np.ndarray, weed_class: int, cell: int) -> list[GridCell]:
     """Weed cover per cell of a grid of `cell` x `cell` pixels (edge cells are smaller)."""
     h, w = mask.shape
     ys, xs = np.arange(0, h, cell), np.arange(0, w, cell)
-    weed = np.add.reduceat(mask == weed_class, ys, axis=0, dtype=np.int64)
+    weed = np.stack([np.count_nonzero(mask[y0 : y0 + cell] == weed_class, axis=0) for y0 in ys])  # one band at a time
     weed = np.add.reduceat(weed, xs, axis=1, dtype=np.int64)
     cells = []
     for r, y0 in enumerate(ys):
@@ -130,7 +151,7 @@ def grid_csv(cells: list[GridCell], spray: list[bool] | None = None) -> bytes:
 def mask_stats(mask: np.ndarray, classes: list[str], cell: int) -> tuple[dict, list[GridCell]]:
     """Summary-row fields of a class-index mask (percent per class, weed pixels and cells) and its weed grid."""
     h, w = mask.shape
-    counts = np.bincount(mask.ravel(), minlength=len(classes))
+    counts = class_counts(mask, len(classes))
     row: dict = {"width": w, "height": h}
     row.update({f"{name}_pct": round(100.0 * n / (h * w), 3) for name, n in zip(classes, counts)})
     if "weed" not in classes:

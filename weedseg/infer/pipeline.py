@@ -20,16 +20,23 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import WeedsegError
-from ..data.io import find_images, read_rgb
+from ..data.io import image_size, read_rgb, scan_images
 from ..data.transforms import resize_short_side
 from . import outputs
+from .budget import PixelBudget, return_freed_memory
 from .geo import Ground, GroundOptions, check_resolution, describe_ground
+from .outdir import DISK_ERRNOS, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
 from .spray import SpraySettings, plan_spray, write_run_outputs, write_spray_map
-from .tiling import predict_logits, predict_mask, run_padded, upsample_argmax
+from .tiling import MAX_MODEL_PIXELS, check_model_pixels, predict_logits, predict_mask, run_padded, upsample_argmax
 
 log = logging.getLogger(__name__)
 
+# Pixels of the images decoded, predicted or being written at once, a model-resolution pixel counting
+# MODEL_PIXEL_WEIGHT (held as float32 input and logits: about 4 times the bytes of an image pixel); with the
+# per-image limits this bounds predict's memory whatever the folder holds (docs/reliability.md).
+IN_FLIGHT_PIXELS = 60_000_000
+MODEL_PIXEL_WEIGHT = 4
 OUTPUTS = ("mask", "overlay", "grid")  # the files `--outputs` chooses from, per image
 
 
@@ -61,10 +68,11 @@ class Job:
     overlay: Path
     grid: Path
 
-    def done(self, wanted: tuple[str, ...] = OUTPUTS) -> bool:
-        """The `wanted` outputs exist."""
+    def done(self, since: int = 0, wanted: tuple[str, ...] = OUTPUTS) -> bool:
+        """The `wanted` outputs exist, the mask written at or after `since` (ns; older ones predate the run's
+        settings)."""
         return (("overlay" not in wanted or self.overlay.is_file()) and ("grid" not in wanted or self.grid.is_file())
-                and self.mask.is_file())
+                and self.mask.is_file() and self.mask.stat().st_mtime_ns >= since)
 
     @property
     def spray_map(self) -> Path:
@@ -100,13 +108,15 @@ class RunSummary:
 
 def plan_jobs(images: list[Path], input_path: Path, out: Path, overlay_format: str) -> list[Job]:
     """Output paths mirroring the input tree: <stem>.mask.png (.mask.tif for GeoTIFFs), <stem>.overlay.jpg,
-    <stem>.grid.csv; images sharing a stem in one folder keep their suffix (a.jpg.mask.png)."""
+    <stem>.grid.csv; an image keeps its suffix (a.jpg.mask.png) when another one in its folder has the same stem
+    (a.png) or is named as its stem (a.jpg for a.jpg.png), so no two images ever share an output."""
     root = input_path if input_path.is_dir() else input_path.parent
     rels = [p.relative_to(root) for p in images]
-    stems = Counter(r.with_suffix("") for r in rels)
+    stems, names = Counter(r.with_suffix("") for r in rels), set(rels)
     jobs = []
     for i, (path, rel) in enumerate(zip(images, rels)):
-        base = out / (rel if stems[rel.with_suffix("")] > 1 else rel.with_suffix(""))
+        stem = rel.with_suffix("")
+        base = out / (rel if stems[stem] > 1 or stem in names else stem)
         geo_ext = ".tif" if rel.suffix.lower() in (".tif", ".tiff") and outputs.read_geo_tags(path) else ".png"
         jobs.append(Job(i, path, rel.as_posix(), base.with_name(base.name + ".mask" + geo_ext),
                         base.with_name(f"{base.name}.overlay.{overlay_format}"), base.with_name(base.name + ".grid.csv")))
@@ -145,7 +155,9 @@ class Predictor:
     # --- reader threads
     def prepare(self, job: Job) -> Prepared:
         rgb = read_rgb(job.path)
-        x = self.seg.model_input(resize_short_side(rgb, self.short_side))
+        small = resize_short_side(rgb, self.short_side)
+        check_model_pixels(small.shape[1], small.shape[0], self.short_side, name=str(job.path))  # again, as resized
+        x = self.seg.model_input(small)
         return Prepared(job, rgb, x, outputs.read_geo_tags(job.path) if job.mask.suffix == ".tif" else None,
                         self.ground(job, rgb.shape[:2]))
 
@@ -180,6 +192,13 @@ class Predictor:
         return {**row, **plan.row()}
 
     # --- main thread
+    def cost(self, job: Job) -> int:
+        """Pixels `job` counts while in flight (image plus weighted model input), from its header, which is checked
+        first: size, colour and the model resolution's size (WeedsegError before anything is decoded)."""
+        width, height = image_size(job.path)
+        mw, mh = check_model_pixels(width, height, self.short_side, MAX_MODEL_PIXELS, str(job.path))
+        return width * height + MODEL_PIXEL_WEIGHT * mw * mh
+
     def fits_whole(self, item: Prepared) -> bool:
         return max(item.x.shape[1:]) <= self.opt.tile
 
@@ -191,16 +210,24 @@ class Predictor:
             return predict_logits(item.x, self.seg.run, o.tile, o.overlap, o.batch_size, m), None
         return None, predict_mask(item.x, self.seg.run, h, w, o.tile, o.overlap, o.batch_size, m)
 
-    def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True) -> None:
-        """Predict every job (skipping done ones unless overwrite); `on_row` gets each image's summary row."""
+    def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True,
+            since: int = 0) -> None:
+        """Predict every job (skipping those done at or after `since` unless overwrite); `on_row` gets each image's
+        summary row. At most IN_FLIGHT_PIXELS are decoded, predicted or being written at once. A disk that cannot
+        take the outputs (full, read-only) stops the run with a WeedsegError."""
         bar = tqdm(total=len(jobs), unit="img", desc="predicting", disable=not progress, smoothing=0.1)
         prefetch = 2 * self.workers + self.opt.batch_size
+        budget, costs = PixelBudget(IN_FLIGHT_PIXELS), {}
+        stopped: list[OSError] = []
 
         def report(job: Job, fut: Future) -> None:
             try:
                 row = fut.result()
             except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
                 row = failure(exc)
+                if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+                    stopped.append(exc)
+            budget.give(costs.pop(job.index, 0))
             mask = job.mask.relative_to(out).as_posix() if row["status"] != "failed" else ""
             spray_map = job.spray_map.relative_to(out).as_posix() if "spray_cells" in row else ""
             on_row(job, {"image": job.name, "mask": mask, "spray_map": spray_map, **row})
@@ -237,44 +264,79 @@ class Predictor:
                         submit_write(b.job, self.finish, b, lg, None)
                 batch.clear()
 
-            todo = [j for j in jobs if self.opt.overwrite or not j.done(self.opt.outputs)]
+            def large(item: Prepared) -> None:
+                try:
+                    logits, mask = self.predict_large(item)
+                except Exception as exc:  # noqa: BLE001
+                    fail_now(item.job, exc)
+                else:
+                    submit_write(item.job, self.finish, item, logits, mask)
+
+            todo = [j for j in jobs if self.opt.overwrite or not j.done(since, self.opt.outputs)]
             for job in jobs:
-                if not self.opt.overwrite and job.done():
+                if stopped:
+                    break
+                if not self.opt.overwrite and job.done(since, self.opt.outputs):
+                    try:
+                        width, height = image_size(job.path)
+                    except WeedsegError:
+                        width = height = 0  # the mask is read and reported all the same
+                    costs[job.index] = width * height
+                    budget.take(costs[job.index])
                     submit_write(job, self.summarize_done, job)
             reads: deque[tuple[Job, Future]] = deque()
-            pending = iter(todo)
-            for job in pending:
-                reads.append((job, readers.submit(self.prepare, job)))
-                if len(reads) >= prefetch:
-                    break
-            while reads:
+            pending = deque(todo)
+
+            def read_ahead(wait: bool = False) -> None:
+                """Start decoding the next images while their pixels fit (with `wait`, at least one)."""
+                while pending and len(reads) < prefetch and not stopped:
+                    job = pending[0]
+                    if job.index not in costs:
+                        try:
+                            costs[job.index] = self.cost(job)
+                        except Exception as exc:  # noqa: BLE001 - refused from its header
+                            pending.popleft()
+                            fail_now(job, exc)
+                            continue
+                    if wait and not reads:
+                        budget.take(costs[job.index])  # the writers give pixels back
+                    elif not budget.try_take(costs[job.index]):
+                        return
+                    reads.append((pending.popleft(), readers.submit(self.prepare, job)))
+
+            read_ahead()
+            while (reads or pending) and not stopped:
+                if not reads:
+                    flush()  # its pixels come back once written
+                    read_ahead(wait=True)
+                    continue
                 job, fut = reads.popleft()
-                nxt = next(pending, None)
-                if nxt is not None:
-                    reads.append((nxt, readers.submit(self.prepare, nxt)))
                 try:
                     item = fut.result()
                 except Exception as exc:  # noqa: BLE001
                     fail_now(job, exc)
+                    read_ahead()
                     continue
+                finally:
+                    del fut  # it would keep the decoded image alive while the next one is read
+                read_ahead()
                 if not self.fits_whole(item):
                     flush()
-                    try:
-                        logits, mask = self.predict_large(item)
-                    except Exception as exc:  # noqa: BLE001
-                        fail_now(job, exc)
-                        continue
-                    submit_write(job, self.finish, item, logits, mask)
-                    continue
-                if batch and batch[0].x.shape != item.x.shape:
-                    flush()
-                batch.append(item)
-                if len(batch) >= self.opt.batch_size or not reads:
-                    flush()
+                    large(item)
+                else:
+                    if batch and batch[0].x.shape != item.x.shape:
+                        flush()
+                    batch.append(item)
+                    if len(batch) >= self.opt.batch_size or not reads:
+                        flush()
+                del item
             flush()
             while writes:
                 writes.popleft().exception()
         bar.close()
+        if stopped:
+            raise WeedsegError(f"cannot write into {out} ({stopped[0].strerror or stopped[0]}): the run stopped; free "
+                               "space or choose another --out, then run the same command again to resume")
 
 
 def failure(exc: BaseException) -> dict:
@@ -285,21 +347,34 @@ def failure(exc: BaseException) -> dict:
 
 def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, options: PredictOptions,
                  progress: bool = True) -> RunSummary:
-    """Predict an image or a folder tree into `out` and write out/summary.csv; returns the run summary."""
+    """Predict an image or a folder tree into `out` and write out/summary.csv; returns the run summary.
+
+    `out` is claimed first (see outdir.claim_output_folder): locked, checked writable, and refused when
+    another model or other options made the outputs it holds, unless `options.overwrite`.
+    """
     input_path, out = Path(input_path), Path(out)
     if input_path.is_dir() and out.resolve() == input_path.resolve():
         raise WeedsegError("--out must not be the input folder; choose another folder (it may be inside it)")
-    images = find_images(input_path, exclude=out)
+    images, unreadable = scan_images(input_path, exclude=out)
+    return_freed_memory()
     jobs = plan_jobs(images, input_path, out, options.overlay_format)
     predictor = Predictor(seg, options)
+    record = run_record(seg.path, {"short_side": predictor.short_side, "tile": options.tile,
+                                   "overlap": options.overlap, "overlay_format": options.overlay_format})
     rows: dict[int, dict] = {}
     summary = RunSummary()
     start = time.perf_counter()
-    try:
-        predictor.run(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress)
-    finally:  # an interrupted run still records what it finished
-        summary.rows = [rows[i] for i in sorted(rows)]
-        summary.seconds = time.perf_counter() - start
-        outputs.write_summary(out / "summary.csv", summary.rows, seg.info.classes)
-        write_run_outputs(out, summary.rows)
+    with claim_output_folder(out, record, options.overwrite) as since:
+        try:
+            predictor.run(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress, since)
+        finally:  # an interrupted run still records what it finished
+            summary.rows = [rows[i] for i in sorted(rows)]
+            summary.rows += [{"image": line.split(": ", 1)[0], "status": "failed", "error": line} for line in unreadable]
+            summary.seconds = time.perf_counter() - start
+            try:
+                outputs.write_summary(out / "summary.csv", summary.rows, seg.info.classes)
+                write_run_outputs(out, summary.rows)
+            except OSError as exc:
+                raise WeedsegError(f"cannot write {out / 'summary.csv'} ({exc.strerror or exc}); free space or choose "
+                                   "another --out, then run the same command again") from exc
     return summary

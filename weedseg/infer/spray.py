@@ -118,7 +118,7 @@ def plan_spray(mask: np.ndarray, classes: list[str], ground: Ground, settings: S
     weed = drop_specks(mask == classes.index("weed"), min_px)
     cells = outputs.weed_grid(weed, 1, cell)
     spray = [bool(c.weed_pct > 0 and c.weed_pct >= settings.threshold_pct) for c in cells]
-    counts = np.bincount(mask.ravel(), minlength=len(classes))
+    counts = outputs.class_counts(mask, len(classes))  # in strips: a whole-mask bincount holds 8 bytes a pixel
     return SprayPlan(ground, settings, cell, min_px, weed, cells, spray,
                      {name: int(n) for name, n in zip(classes[1:], counts[1:])})
 

@@ -10,8 +10,28 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import WeedsegError
+from ..data.transforms import short_side_size
+
 RunBatch = Callable[[np.ndarray], np.ndarray]  # (N, 3, h, w) float32 -> (N, C, h, w) logits
 BandSink = Callable[[int, np.ndarray], None]  # (first row, (C, rows, W) logits) for finished rows
+
+# A resized model input (12 bytes per pixel) and its logits (4 per class) are held whole, so their size is
+# bounded too: a 2000 x 1 image at short side 256 would be 512000 x 256 pixels. (At native resolution the
+# image's own limit applies, and finished tile rows go straight into the mask.)
+MAX_MODEL_PIXELS = 8_000_000
+
+
+def check_model_pixels(width: int, height: int, short_side: int, max_pixels: int = MAX_MODEL_PIXELS,
+                       name: str = "the image") -> tuple[int, int]:
+    """(width, height) of a width x height image at the model's `short_side` (0: native); WeedsegError when a
+    resized input would exceed `max_pixels`. Computed from the header, before decoding."""
+    mw, mh = short_side_size(width, height, short_side)
+    if short_side > 0 and mw * mh > max_pixels:
+        raise WeedsegError(f"{name} is {width} x {height}: at the model's short side of {short_side} pixels it would "
+                           f"be {mw} x {mh} = {mw * mh / 1e6:.1f} megapixels, over the limit of {max_pixels / 1e6:g}; "
+                           "crop it into less elongated pieces")
+    return mw, mh
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -74,7 +94,9 @@ def predict_tiled(x: np.ndarray, run: RunBatch, sink: BandSink, tile: int, overl
                 acc[:, :, c : c + tw] += lg * window
                 weight[:, c : c + tw] += window
         done = (rows[r + 1] if r + 1 < len(rows) else y + th) - y
-        sink(y, acc[:, :done] / weight[:done])
+        band = acc[:, :done]
+        band /= weight[:done]  # in place: these rows are finished
+        sink(y, band)
         carry = (acc[:, done:], weight[done:])
 
 
@@ -83,9 +105,16 @@ def predict_logits(x: np.ndarray, run: RunBatch, tile: int, overlap: int, batch_
     """(C, H, W) logits of a normalised (3, H, W) image: in one pass if it fits in a tile, else tiled."""
     if max(x.shape[1:]) <= tile:
         return run_padded(run, x[None], multiple)[0]
-    bands: list[np.ndarray] = []
-    predict_tiled(x, run, lambda y, band: bands.append(band), tile, overlap, batch_size, multiple)
-    return np.concatenate(bands, axis=1)
+    out: np.ndarray | None = None
+
+    def sink(y: int, band: np.ndarray) -> None:
+        nonlocal out
+        if out is None:
+            out = np.empty((band.shape[0], *x.shape[1:]), np.float32)
+        out[:, y : y + band.shape[1]] = band
+
+    predict_tiled(x, run, sink, tile, overlap, batch_size, multiple)
+    return out
 
 
 def predict_mask(x: np.ndarray, run: RunBatch, height: int, width: int, tile: int, overlap: int,
