@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnxruntime as ort
@@ -135,8 +136,7 @@ def main() -> int:
 
         results["openvino"] = ov.get_version().split("-")[0]
         results["bf16"] = engines.cpu_has_bf16(ov.Core())
-    with tempfile.TemporaryDirectory() as cache:  # a fresh choice, not one remembered from another run
-        os.environ["XDG_CACHE_HOME"] = cache
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, XDG_CACHE_HOME=cache):  # not in ~/.cache
         auto = Segmenter(report["onnx"], device="cpu", threads=args.threads, engine="auto")
         results["auto"] = f"{auto.engine.name} {auto.engine.precision}"
 
