@@ -76,3 +76,19 @@ def test_predict_outputs_mask_only_then_all(tmp_path, peanut_root):
     assert (out / f"{image.stem}.overlay.jpg").is_file() and (out / f"{image.stem}.grid.csv").is_file()
     with pytest.raises(SystemExit):  # a usage error
         main(["predict", str(image), "--out", str(out), "--outputs", "mask,spray"])
+
+
+@pytest.mark.parametrize("engine", ["auto", "openvino"])
+def test_unusable_models_fail_before_any_timing(tmp_path, monkeypatch, engine):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    onnx = pytest.importorskip("onnx")
+    bare = onnx.load(str(DEFAULT_MODEL))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(WeedsegError, match="not a weedseg ONNX model"):
+        Segmenter(tmp_path / "bare.onnx", device="cpu", threads=1, engine=engine)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(WeedsegError, match="cannot load ONNX model"):
+        Segmenter(tmp_path / "junk.onnx", device="cpu", threads=1, engine=engine)
+    assert not (tmp_path / "weedseg").exists()  # nothing timed or remembered

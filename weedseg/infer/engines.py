@@ -230,15 +230,21 @@ def probe_batch(metadata: dict[str, str]) -> np.ndarray:
 
 def open_engine(path: Path, engine: str = "auto", device: str = "auto", threads: int = 1,
                 spin: bool = True) -> Engine:
-    """The engine that runs `path`: the one named, or for `auto` the faster one on this machine."""
+    """The engine named for `path`; for `auto`, ONNX Runtime, which `choose_faster` may replace once the
+    model has been checked."""
     if engine not in ENGINES:
         raise WeedsegError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
     if engine == "openvino":
         if device == "cuda":
             raise WeedsegError("--engine openvino runs on the CPU; use --engine onnxruntime with --device cuda")
         return OpenVinoEngine(path, threads)
-    ort_engine = OnnxRuntimeEngine(path, device, threads, spin)
-    if engine == "onnxruntime" or ort_engine.provider != "CPUExecutionProvider" or not openvino_available():
+    return OnnxRuntimeEngine(path, device, threads, spin)
+
+
+def choose_faster(path: Path, ort_engine: Engine, threads: int) -> Engine:
+    """`--engine auto` for a checked model: ONNX Runtime on a GPU or without OpenVINO, else the engine
+    remembered for this model, CPU and thread count, else the faster of the two, timed now."""
+    if ort_engine.provider != "CPUExecutionProvider" or not openvino_available():
         return ort_engine
     key = choice_key(path, threads)
     if remembered(key) == "onnxruntime":

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import WeedsegError
 from ..resources import WEIGHTS_DIR
-from .engines import open_engine
+from .engines import choose_faster, open_engine
 from .metadata import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ class Segmenter:
         threads = threads or cpu_count()
         self.engine = open_engine(self.path, engine, device, threads, spin)
         self.info = ModelInfo.from_props(self.engine.metadata, str(self.path))
-        self.provider = self.engine.provider
         shape = self.engine.input_shape
         if self.engine.input_count != 1 or len(shape) != 4:
             raise WeedsegError(f"{self.path}: expected one NCHW image input, found {self.engine.input_count} "
@@ -63,6 +62,9 @@ class Segmenter:
         if channels is not None and channels != len(self.info.classes):
             raise WeedsegError(f"{self.path}: the model outputs {channels} classes but its metadata names "
                                f"{len(self.info.classes)} ({', '.join(self.info.classes)}); re-export it")
+        if engine == "auto":
+            self.engine = choose_faster(self.path, self.engine, threads)
+        self.provider = self.engine.provider
         self._scale = (1.0 / (255.0 * np.asarray(self.info.std, np.float32))).astype(np.float32)
         self._shift = (np.asarray(self.info.mean, np.float32) / np.asarray(self.info.std, np.float32)).astype(np.float32)
         log.info("engine: %s %s, %s, on %s (%s threads): %s", self.engine.name, self.engine.version,
