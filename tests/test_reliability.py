@@ -173,6 +173,7 @@ print("errors:", [e.value for e in at.error])
 """)
     peak, output = peak_rss_mb(tmp_path, sys.executable, str(script))
     assert "errors: ['`big3.png` could not be segmented: the page holds at most 150 megapixels" in output, output
+    print(f"page session peak RSS {peak:.0f} MB")  # quoted in docs/reliability.md (pytest -s)
     assert peak < 2000, f"peak RSS {peak:.0f} MB"
 
 
@@ -191,6 +192,7 @@ def test_predict_peak_memory_on_hostile_folder(tmp_path):
     assert [rows[f"big{i}.png"]["status"] for i in range(3)] == ["predicted"] * 3
     assert rows["onebit.png"]["status"] == rows["thin.png"]["status"] == "failed"
     assert rows["thin120-0.png"]["status"] == "predicted"
+    print(f"predict peak RSS {peak:.0f} MB")  # quoted in docs/reliability.md (pytest -s)
     assert peak < 1500, f"peak RSS {peak:.0f} MB"
 
 
