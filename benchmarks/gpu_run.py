@@ -179,7 +179,7 @@ TINY = Setting(
               "--draws", "1", "--pictures", "1"),
     export=("--calibration-images", "4"),
     predict_images=4,
-    bench=("--models", "unet-resnet18-quarter", "--steps", "2", "--batch", "2", "--size", "64"),
+    bench=("--models", "unet-resnet18-quarter", "--steps", "2", "--batch", "8", "--size", "32"),
     experiment={"model": "unet-resnet18-quarter", "budget": "cpu", "seeds": 1, "fractions": (1.0,),
                 "methods": ("random",), "pretrain_batch_size": 8, "finetune_batch_size": 8,
                 "evals_per_run": 1, "crop": 64, "pictures": 1, "jobs": 2},
