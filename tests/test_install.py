@@ -4,6 +4,7 @@ environment, run from a folder that is not the checkout."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -88,9 +89,12 @@ print(APP_SCRIPT)
 def test_wheel_in_fresh_venv_predicts_and_serves_the_app(tmp_path, peanut_root):
     """Build the wheel, install it without dependencies into a new venv that borrows this venv's packages
     (offline), then run predict and the app from a temporary folder, with torch blocked."""
+    source = tmp_path / "source"  # built from a copy: the checkout gets no build/ folder with stale files
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "runs", "gpu_data", "*.egg-info",
+                                                                  "__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True, timeout=120)
+                    str(source)], check=True, capture_output=True, timeout=120)
     wheel = next(wheels.glob("weedseg-*.whl"))
     assert wheel.stat().st_size < 40e6
     venv = tmp_path / "venv"
