@@ -59,6 +59,7 @@ def write_field_data(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_make_data_keeps_the_layout_and_split_and_refuses_too_big_or_used_folders(tmp_path, field_data):
     src = field_data
     dst = tmp_path / "gpu_data"
@@ -111,10 +112,16 @@ def test_gpu_use_reads_nvidia_smi_samples_within_a_phase(tmp_path):
 
 def test_a_stage_past_its_limit_is_stopped_with_its_children(tmp_path, monkeypatch):
     gpu_run = load_gpu_run()
-    stage = gpu_run.Stage("sleeper", ["bash", "-c", "sleep 60 & echo started; wait"], 1.0)
+    stage = gpu_run.Stage("sleeper", ["bash", "-c", "sleep 60 & echo started $!; wait"], 1.0)
     monkeypatch.setattr(gpu_run, "MIN_STAGE_SECONDS", 0.5)
     outcome = gpu_run.run_stage(stage, tmp_path, deadline=float("inf"), env={})
     assert outcome.status == "timed out" and outcome.seconds < 10 and "started" in outcome.note
+    child = Path(f"/proc/{outcome.note.split()[-1]}/stat")  # the background sleep, in the stage's process group
+    for _ in range(50):
+        if not child.exists() or child.read_text().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    assert not child.exists() or child.read_text().split()[2] == "Z"  # killed (at most not yet reaped)
     failing = gpu_run.Stage("fails", ["bash", "-c", "echo 'weedseg: error: no data'; exit 2"], 10.0)
     assert gpu_run.run_stage(failing, tmp_path, float("inf"), {}).note == "exit status 2: weedseg: error: no data"
 
