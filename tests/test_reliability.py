@@ -351,10 +351,15 @@ def test_argument_ranges_are_checked_by_the_parser(flags, message, tmp_path, cap
 
 def test_evaluate_out_is_checked_before_evaluating(checkpoint, tmp_path, capsys, monkeypatch):
     import weedseg.evaluate
+    import weedseg.metrics
 
     monkeypatch.setattr(weedseg.evaluate, "evaluate_checkpoint", lambda *a: pytest.fail("evaluated"))
     assert main(["evaluate", str(checkpoint), "--out", "/sys/kernel/weedseg/m.json"]) == 2
     assert "cannot write /sys/kernel/weedseg/m.json" in capsys.readouterr().err
+    monkeypatch.setattr(weedseg.evaluate, "evaluate_checkpoint", lambda *a: {"images": 1, "scored_at": "here"})
+    monkeypatch.setattr(weedseg.metrics, "format_summary", lambda summary: "")
+    assert main(["evaluate", str(checkpoint), "--out", str(tmp_path / "new" / "folder" / "m.json")]) == 0
+    assert json.loads((tmp_path / "new" / "folder" / "m.json").read_text()) == {"images": 1, "scored_at": "here"}
 
 
 def test_evaluate_default_out_is_never_inside_the_package(tmp_path, monkeypatch):
