@@ -70,7 +70,7 @@ def test_unfinished_runs_resume_and_changed_settings_are_refused(tmp_path):
     run.mkdir(parents=True)
     (run / "last.pt").write_bytes(b"")
     train = {j.name: j for j in plan_jobs(cfg)}["fine-tune scratch seed 0 labels-100"].commands[0]
-    assert train[-1] == "--resume"
+    assert train[3:] == ["train", "--resume", "--out", str(run), "--device", cfg.device]  # the run keeps its settings
     (tmp_path / "experiment.json").write_text(json.dumps({**cfg.__dict__, "finetune_epochs": 7}))
     with pytest.raises(WeedsegError, match="finetune_epochs: 7 -> 40"):
         check_config(cfg)
@@ -152,7 +152,7 @@ def test_cli_reports_failed_runs_with_their_logs(tmp_path, capsys):
                  "--crop", "64", "--jobs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "1 run(s) did not finish" in err and "scratch-seed0/job.log" in err
-    assert "has values [7] but only classes 0..2 exist" in err  # the run's own error is shown
+    assert "of values [7] outside the class map" in err  # the run's own error is shown
 
 
 def test_mask_content_reads_the_masked_cells_against_the_labels(tmp_path):

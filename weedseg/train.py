@@ -83,7 +83,8 @@ def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: in
     if spec == "auto":
         counts = torch.zeros(num_classes, dtype=torch.float64)
         for i in range(len(dataset)):
-            counts += torch.bincount(torch.from_numpy(dataset.load(i)[1]).flatten().long(), minlength=num_classes)
+            labels = torch.from_numpy(dataset.load(i)[1]).flatten().long()
+            counts += torch.bincount(labels[labels < num_classes], minlength=num_classes)  # ignored pixels left out
         return inverse_sqrt_frequency_weights(counts)
     try:
         weights = [float(v) for v in spec.split(",")]
@@ -130,7 +131,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes)
     if pretrained is not None:
-        report = {"init": cfg.init, **transfer_weights(model, pretrained, cfg.init_head)}
+        report = {"init": cfg.init, **transfer_weights(model, pretrained, cfg.init_head, data.classes)}
         if main:
             print(format_report(report))
     model = channels_last(model.to(device))

@@ -108,6 +108,14 @@ def weedseg_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "weedseg.cli", *args]
 
 
+def start_or_resume(cmd: list[str], folder: Path, cfg: ExperimentConfig) -> list[str]:
+    """`cmd` started afresh, or, when `folder` holds an unfinished run, the same command resumed (a resumed
+    run keeps the settings it was started with, so only --out and --device are passed)."""
+    if (folder / "last.pt").is_file():
+        return weedseg_command(cmd[3], "--resume", "--out", str(folder), "--device", cfg.device)
+    return [*cmd, "--overwrite"]
+
+
 def data_args(cfg: ExperimentConfig) -> list[str]:
     return ["--dataset", cfg.dataset] + (["--data-root", cfg.data_root] if cfg.data_root else [])
 
@@ -120,8 +128,7 @@ def pretrain_job(cfg: ExperimentConfig, method: str, seed: int) -> Job:
         "--batch-size", str(cfg.pretrain_batch_size), "--crop", str(cfg.crop), "--seed", str(seed),
         "--mask-ratio", str(cfg.mask_ratio), "--cells", str(cfg.cells),
         "--pictures", str(cfg.pictures), "--device", cfg.device, "--out", str(folder))
-    cmd.append("--resume" if (folder / "last.pt").is_file() else "--overwrite")
-    return Job(f"pretrain {method} seed {seed}", folder, [cmd], folder / "final.pt")
+    return Job(f"pretrain {method} seed {seed}", folder, [start_or_resume(cmd, folder, cfg)], folder / "final.pt")
 
 
 def finetune_folder(cfg: ExperimentConfig, method: str, seed: int, fraction: float) -> Path:
@@ -142,7 +149,7 @@ def finetune_job(cfg: ExperimentConfig, method: str, seed: int, fraction: float)
         pre = pretrain_job(cfg, method, seed)
         train += ["--init", str(pre.done_file)] + (["--init-head"] if cfg.init_head else [])
         needs.append(pre.name)
-    train.append("--resume" if (folder / "last.pt").is_file() else "--overwrite")
+    train = start_or_resume(train, folder, cfg)
     test = weedseg_command("evaluate", str(folder / "best.pt"), *data_args(cfg), "--split", "test",
                            "--device", cfg.device, "--out", str(folder / "test.json"))
     return Job(f"fine-tune {method} seed {seed} {fraction_tag(fraction)}", folder, [train, test],
