@@ -128,3 +128,17 @@ def test_flip_tta_and_scoring_resolution(trained_run, peanut):
     assert pixels == sum(map(sum, tta["confusion_matrix"])) == 40 * 64 * 85  # 40 val masks at 64 x 85
     assert plain["scored_at"].startswith("short side 64") and tta["tta"] == "flip"
     assert plain["confusion_matrix"] != tta["confusion_matrix"]
+
+
+def test_crop_zoom_keeps_the_inference_scale_whatever_the_photo_size():
+    import pytest
+
+    from weedseg.data.transforms import TrainAugment
+
+    native = TrainAugment(256, zoom=(0.5, 1.0), input_short_side=0)
+    assert native.area_range(720, 960) == pytest.approx(((128 / 960) * (128 / 720), (256 / 960) * (256 / 720)))
+    # a 4000 x 3000 photo run at short side 720 is the 960 x 720 case scaled: the same area fractions
+    scaled = TrainAugment(256, zoom=(0.5, 1.0), input_short_side=720).area_range(3000, 4000)
+    assert scaled == pytest.approx(native.area_range(720, 960))
+    assert TrainAugment(256, zoom=(2.0, 9.0)).area_range(256, 256) == (1.0, 1.0)  # never more than the photo
+    assert TrainAugment(256).area_range(720, 960) == (0.25, 1.0)

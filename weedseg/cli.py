@@ -92,6 +92,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-iterations", type=int, help="with --iterations: warm-up steps (default an eighth)")
     p.add_argument("--batch-size", type=int_in(1))
     p.add_argument("--crop", type=int, help=f"training crop size in pixels (default {defaults.crop})")
+    p.add_argument("--crop-zoom", type=comma_floats(2),
+                   help="instead of --crop-scale: a crop covers (crop x zoom) pixels of the photo at the "
+                        "--eval-short-side resolution, as MIN,MAX (e.g. 0.73,1.45: objects within 0.7-1.4x their "
+                        "inference size, whatever the photo size)")
     p.add_argument("--crop-scale", type=comma_floats(2),
                    help="area fraction of the photo a training crop covers, as MIN,MAX (default "
                         f"{','.join(map(str, defaults.crop_scale))}; for native-scale crops of a 960x720 photo at "
@@ -109,8 +113,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision (used on CUDA and on CPUs with native bf16)")
-    p.add_argument("--init", help="start from a checkpoint of `weedseg pretrain` (encoder and decoder are copied, "
-                                  "its normalisation is used)")
+    p.add_argument("--init", help="where the weights start: 'field' (default: the shipped field-pretrained model, "
+                                  "weedseg/weights/weedseg-field-pretrained.pt, for unet-resnet18-quarter), 'scratch' "
+                                  "(random weights), or a checkpoint of `weedseg pretrain` or `weedseg train` (encoder "
+                                  "and decoder are copied, its normalisation is used; a trained head is matched by "
+                                  "class name)")
     p.add_argument("--init-head", action="store_true", default=None,
                    help="with --init, also copy the head when its shape matches (default: re-initialise it)")
     p.set_defaults(func=run_train)

@@ -24,6 +24,7 @@ from .data import EvalResize, SeededSampler, SegmentationDataset, TrainAugment, 
 from .evaluate import evaluate_model
 from .losses import build_loss, inverse_sqrt_frequency_weights
 from .models import count_parameters, create_model
+from .resources import package_path
 from .runtime import channels_last, make_loader, mixed_precision, open_run, to_device, truncate_log, warmup_cosine
 from .ssl.transfer import check_init_model, format_report, transfer_weights
 
@@ -40,7 +41,8 @@ class TrainConfig:
     iterations: int | None = None  # budget in optimiser steps; when set it decides the epochs (any dataset size)
     batch_size: int = 8
     crop: int = 256
-    crop_scale: tuple[float, float] = (0.25, 1.0)  # area fraction of the photo each training crop covers
+    crop_scale: tuple[float, float] = (0.25, 1.0)  # area fraction of the photo each training crop covers ...
+    crop_zoom: tuple[float, float] | None = None  # ... unless set: crop x zoom pixels at the eval resolution
     lr: float = 3e-3
     warmup_epochs: int = 10
     warmup_iterations: int | None = None  # with `iterations`: linear warm-up steps (default an eighth of them)
@@ -55,9 +57,12 @@ class TrainConfig:
     workers: int = -1  # -1: automatic
     device: str = "auto"
     amp: bool = True  # mixed precision: CUDA, and CPUs with native bf16
-    init: str | None = None  # pretrained checkpoint to start from (weedseg pretrain)
+    init: str | None = "field"  # 'field' (the shipped field-pretrained model), 'scratch', or a checkpoint path
     init_head: bool = False  # also copy the head from `init` when its shape matches
 
+
+# the starting point `--init field` (the default) names: pretrained on 3,580 field photos (weedseg/weights/README.md)
+FIELD_PRETRAINED, FIELD_PRETRAINED_MODEL = "weedseg-field-pretrained.pt", "unet-resnet18-quarter"
 
 PRESETS: dict[str, dict] = {
     # 2800 iterations (80 epochs of the 280 peanut training images): about 10 minutes on 2 CPU cores;
@@ -66,6 +71,27 @@ PRESETS: dict[str, dict] = {
     # the paper's fine-tuning budget, for a GPU
     "paper": {"model": "unet-resnet34", "epochs": 500, "batch_size": 8, "warmup_epochs": 10},
 }
+
+
+def resolve_init(init: str | None, model: str, verbose: bool = True) -> Path | None:
+    """The checkpoint a run starts from: None for 'scratch'; for 'field' the shipped field-pretrained model
+    (FIELD_PRETRAINED), or None with a note when it holds another architecture than `model`; else `init` itself."""
+    if init in (None, "", "scratch"):
+        return None
+    if init != "field":
+        return Path(init)
+    path = package_path("weights", FIELD_PRETRAINED)
+    if model != FIELD_PRETRAINED_MODEL:
+        if verbose:
+            print(f"starting {model} from random weights: the field-pretrained model is a {FIELD_PRETRAINED_MODEL}")
+        return None
+    return path
+
+
+def augmentation(cfg: TrainConfig) -> TrainAugment:
+    """The training augmentation: crops by area fraction, or by zoom at the evaluation resolution."""
+    zoom = tuple(cfg.crop_zoom) if cfg.crop_zoom else None
+    return TrainAugment(cfg.crop, tuple(cfg.crop_scale), zoom=zoom, input_short_side=cfg.eval_short_side)
 
 
 def schedule(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
@@ -110,12 +136,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     if cfg.batch_size % world:
         raise WeedsegError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
-    pretrained = load_checkpoint(cfg.init) if cfg.init and state is None else None
+    init_path = resolve_init(cfg.init, cfg.model, verbose=main and state is None)
+    pretrained = load_checkpoint(init_path) if init_path and state is None else None
     if pretrained is not None:
-        check_init_model(pretrained, cfg.model, cfg.init)
+        check_init_model(pretrained, cfg.model, init_path)
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.train_fraction)
     num_classes = len(data.classes)
-    train_ds = SegmentationDataset(data.layout, data.splits["train"], TrainAugment(cfg.crop, tuple(cfg.crop_scale)), [0.0] * 3, [1.0] * 3)
+    train_ds = SegmentationDataset(data.layout, data.splits["train"], augmentation(cfg), [0.0] * 3, [1.0] * 3)
     train_ds.preload("loading train images")
     if state is not None or pretrained is not None:  # a fine-tuned model keeps its pretraining normalisation
         mean, std = (state or pretrained)["normalization"]["mean"], (state or pretrained)["normalization"]["std"]
@@ -131,7 +158,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes)
     if pretrained is not None:
-        report = {"init": cfg.init, **transfer_weights(model, pretrained, cfg.init_head, data.classes)}
+        report = {"init": str(init_path), **transfer_weights(model, pretrained, cfg.init_head, data.classes)}
         if main:
             print(format_report(report))
     model = channels_last(model.to(device))

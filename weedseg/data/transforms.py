@@ -82,16 +82,33 @@ def resize_short_side(image: np.ndarray, short_side: int, nearest: bool = False)
 
 @dataclass
 class TrainAugment:
-    """Random resized crop, horizontal flip and colour jitter (the paper's fine-tuning recipe)."""
+    """Random resized crop, horizontal flip and colour jitter (the paper's fine-tuning recipe).
+
+    A crop covers an area fraction in `scale` of the photo, unless `zoom` is given: then it covers
+    (size x zoom)^2 pixels of the photo as the model sees it at inference (short side
+    `input_short_side`, 0 = native), so objects keep their inference size within the zoom range
+    whatever the photo size.
+    """
 
     size: int = 256
     scale: tuple[float, float] = (0.25, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     jitter: float = 0.3
     hue: float = 0.02
+    zoom: tuple[float, float] | None = None
+    input_short_side: int = 0
+
+    def area_range(self, height: int, width: int) -> tuple[float, float]:
+        """The crop's area fraction range for a photo of this size."""
+        if self.zoom is None:
+            return self.scale
+        to_model = self.input_short_side / min(height, width) if self.input_short_side else 1.0
+        low, high = ((self.size * z / to_model) ** 2 / (height * width) for z in self.zoom)
+        return min(low, 1.0), min(high, 1.0)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        image, mask = random_resized_crop(image, mask, self.size, self.scale, self.ratio, rng)
+        scale = self.area_range(*mask.shape[:2])
+        image, mask = random_resized_crop(image, mask, self.size, scale, self.ratio, rng)
         if rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
         image = color_jitter(np.ascontiguousarray(image), rng, self.jitter, self.hue)

@@ -145,7 +145,9 @@ def finetune_job(cfg: ExperimentConfig, method: str, seed: int, fraction: float)
         "--eval-every", str(every), "--train-fraction", str(fraction), "--seed", str(seed),
         "--device", cfg.device, "--out", str(folder))
     needs = []
-    if method != "scratch":
+    if method == "scratch":
+        train += ["--init", "scratch"]
+    else:
         pre = pretrain_job(cfg, method, seed)
         train += ["--init", str(pre.done_file)] + (["--init-head"] if cfg.init_head else [])
         needs.append(pre.name)

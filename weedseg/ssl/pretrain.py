@@ -276,6 +276,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
               f"iterations ({per_step} per step) = {total * cfg.batch_size} image loads; both methods train "
               f"exactly this many iterations ({total / batches_per_epoch(len(images), cfg.batch_size, world):.1f} "
               f"epochs over all images)")
+        if cfg.warmup_epochs >= cfg.epochs:
+            print(f"warning: the warm-up ({cfg.warmup_epochs} epochs) is as long as the schedule ({cfg.epochs} epochs), "
+                  f"so the learning rate only rises and never reaches --lr {cfg.lr}; lower --warmup-epochs")
     bar = tqdm(total=total, desc="pretraining", unit="it", disable=not main,
                initial=sum(it for _, it in steps[: progress["step"]]) + progress["iteration"])
     start_step = progress["step"] + (progress["iteration"] >= steps[progress["step"]][1])
