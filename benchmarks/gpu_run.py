@@ -254,6 +254,8 @@ class Stage:
 
 @dataclass
 class Outcome:
+    """How a stage went."""
+
     name: str
     status: str  # ok, failed, timed out, skipped
     seconds: float
@@ -505,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
     if args.skip - set(STAGES):
         raise WeedsegError(f"--skip takes stage names ({', '.join(STAGES)}), got {', '.join(sorted(args.skip))}")
     started, t0 = datetime.now(), time.monotonic()
-    data_root, work, out = Path(args.data_root), Path(args.work), Path(args.out)
+    data_root, work, out = (Path(p).resolve() for p in (args.data_root, args.work, args.out))  # stages run in REPO
     train_images = len(open_dataset("peanut", data_root).splits["train"])
     if not (data_root / "unlabeled").is_dir():
         raise WeedsegError(f"{data_root}/unlabeled not found: make the data folder with --make-data SRC {data_root}")
