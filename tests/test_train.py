@@ -142,3 +142,17 @@ def test_crop_zoom_keeps_the_inference_scale_whatever_the_photo_size():
     assert scaled == pytest.approx(native.area_range(720, 960))
     assert TrainAugment(256, zoom=(2.0, 9.0)).area_range(256, 256) == (1.0, 1.0)  # never more than the photo
     assert TrainAugment(256).area_range(720, 960) == (0.25, 1.0)
+
+
+def test_default_init_is_the_shipped_field_pretrained_model(capsys):
+    from pathlib import Path
+
+    from weedseg.train import resolve_init
+
+    field = resolve_init(TrainConfig().init, "unet-resnet18-quarter")
+    assert field is not None and field.is_file() and field.name == "weedseg-field-pretrained.pt"
+    assert load_checkpoint(field)["model"]["name"] == "unet-resnet18-quarter"
+    assert resolve_init("field", "unet-resnet34") is None  # another architecture starts from random weights
+    assert "random weights" in capsys.readouterr().out
+    assert resolve_init("scratch", "unet-resnet18-quarter") is None
+    assert resolve_init("runs/x/final.pt", "unet-resnet34") == Path("runs/x/final.pt")
