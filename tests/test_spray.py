@@ -177,10 +177,10 @@ def test_resolution_check():
 
 @pytest.fixture()
 def model(tmp_path) -> Path:
-    """The shipped model, saying it was trained at 2.5 cm per pixel."""
+    """The shipped model, saying it was trained at 2.5 cm per pixel and is run at short side 256."""
     info = Segmenter(DEFAULT_MODEL, device="cpu").info
     path = tmp_path / "model.onnx"
-    save_with_metadata(DEFAULT_MODEL, path, replace(info, train_gsd_cm=2.5))
+    save_with_metadata(DEFAULT_MODEL, path, replace(info, train_gsd_cm=2.5, input_short_side=256))
     return path
 
 

@@ -14,7 +14,7 @@ from weedseg.data import EvalResize, SegmentationDataset
 from weedseg.evaluate import evaluate_checkpoint
 from weedseg.metrics import ConfusionMatrix
 from weedseg.runtime import warmup_cosine
-from weedseg.train import TrainConfig, train
+from weedseg.train import PRESETS, TrainConfig, train
 
 
 def read_log(run):
@@ -40,6 +40,7 @@ def test_short_training_lowers_loss_and_beats_all_soil(trained_run, peanut):
 
 def tiny_config(out, root, epochs=4):
     return TrainConfig(dataset="peanut", data_root=str(root), out=str(out), epochs=epochs, warmup_epochs=1,
+                       crop_zoom=PRESETS["cpu"]["crop_zoom"],  # as the command line's cpu preset
                        train_fraction=0.06, eval_short_side=96, seed=3, workers=0)
 
 
