@@ -24,7 +24,7 @@ from .data import EvalResize, SeededSampler, SegmentationDataset, TrainAugment, 
 from .evaluate import evaluate_model
 from .losses import build_loss, inverse_sqrt_frequency_weights
 from .models import count_parameters, create_model
-from .resources import package_path
+from .resources import WEIGHTS_DIR
 from .runtime import channels_last, make_loader, mixed_precision, open_run, to_device, truncate_log, warmup_cosine
 from .ssl.transfer import check_init_model, format_report, transfer_weights
 
@@ -82,12 +82,11 @@ def resolve_init(init: str | None, model: str, verbose: bool = True) -> Path | N
         return None
     if init != "field":
         return Path(init)
-    path = package_path("weights", FIELD_PRETRAINED)
     if model != FIELD_PRETRAINED_MODEL:
         if verbose:
             print(f"starting {model} from random weights: the field-pretrained model is a {FIELD_PRETRAINED_MODEL}")
         return None
-    return path
+    return WEIGHTS_DIR / FIELD_PRETRAINED
 
 
 def augmentation(cfg: TrainConfig) -> TrainAugment:
