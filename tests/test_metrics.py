@@ -5,6 +5,7 @@ import math
 import torch
 
 from weedseg.metrics import ConfusionMatrix, format_summary
+from weedseg.losses import FocalLoss, SoftDiceLoss
 
 
 def test_confusion_matrix_and_iou_by_hand():
@@ -35,3 +36,21 @@ def test_class_absent_everywhere_is_left_out_of_the_mean():
     cm.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert math.isnan(cm.iou()[2])
     assert cm.summary(["a", "b", "c"])["miou"] == 1.0
+
+
+# ---- losses ----
+
+def test_focal_loss_without_focusing_is_cross_entropy_and_focusing_lowers_easy_pixels():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), ce)
+    assert FocalLoss(gamma=2.0)(logits, target) < ce
+
+
+def test_dice_loss_is_zero_for_a_confident_correct_prediction_and_high_for_a_wrong_one():
+    target = torch.randint(0, 3, (2, 8, 8))
+    right = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    wrong = torch.nn.functional.one_hot((target + 1) % 3, 3).permute(0, 3, 1, 2).float() * 50
+    assert SoftDiceLoss(eps=0.0)(right, target) < 1e-4
+    assert SoftDiceLoss(eps=0.0)(wrong, target) > 0.99

@@ -20,7 +20,7 @@ from weedseg.data.check import check_dataset
 from weedseg.data.layouts import get_layout
 from weedseg.data.locate import find_dataset_root
 from weedseg.evaluate import class_order, evaluate_checkpoint
-from weedseg.losses import build_loss
+from weedseg.losses import LOSSES, build_loss
 from weedseg.metrics import ConfusionMatrix
 from weedseg.models import create_model
 from weedseg.ssl.transfer import format_report, transfer_weights
@@ -208,7 +208,7 @@ def test_exif_rotated_photos_are_trained_upright(tmp_path):
 
 # ---- ignore value in losses and metrics ----
 
-@pytest.mark.parametrize("loss", ["jaccard", "ce", "jaccard+ce"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_ignored_pixels_add_nothing_to_the_loss(loss):
     torch.manual_seed(0)
     logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
