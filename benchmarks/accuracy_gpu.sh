@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The accuracy runs of docs/accuracy.md that need a GPU, all at once on one GPU (the step is cheap there;
+# the CPU's augmentation is the limit), then an optional quiet throughput table. Results are scored on the
+# CPU afterwards, at full resolution, from the original photos (docs/accuracy.md says how).
+#
+#   benchmarks/gpu_run.sh --make-data ../shared/field_data gpu_acc --short-side 480 --quality 85 --unlabeled 0
+#   benchmarks/accuracy_gpu.sh gpu_acc OUT            # on the GPU machine; OUT gets a few tarballs
+#
+# Settings by environment: WAVE (1: schedule, init, width; 2: losses), DEVICE (cuda), LONG / SHORT
+# (iterations: 8000 / 2800), WORKERS (2 per run),
+# DEADLINE (seconds after which unfinished runs are stopped and packed: 450), BENCH (1: throughput table
+# when time is left).
+set -u
+data=$1 out=$2
+py=${PYTHON:-python3} device=${DEVICE:-cuda} long=${LONG:-8000} short=${SHORT:-2800}
+wave=${WAVE:-1} workers=${WORKERS:-2} deadline=${DEADLINE:-450} bench=${BENCH:-1}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 OPENCV_FOR_THREADS_NUM=1
+work=runs/gpu-acc
+rm -rf "$work" && mkdir -p "$work" "$out"
+start=$SECONDS
+left() { echo $((deadline - (SECONDS - start))); }
+
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; $py -c "import torch; print(torch.__version__)"; } \
+    >"$work/machine.txt" 2>&1
+
+# name and flags of each run (<group>-s<seed>); every run: the cpu preset's recipe (quarter U-Net, 480), on $device
+if [ "$wave" = 1 ]; then jobs=(
+    "qf-$long-s0 --iterations $long --seed 0"
+    "qf-$long-s1 --iterations $long --seed 1"
+    "qf-$long-s2 --iterations $long --seed 2"
+    "qs-$long-s0 --iterations $long --seed 0 --init scratch"
+    "qs-$long-s1 --iterations $long --seed 1 --init scratch"
+    "qs-$long-s2 --iterations $long --seed 2 --init scratch"
+    "hs-$long-s0 --iterations $long --seed 0 --init scratch --model unet-resnet18-half"
+    "qfw-$long-s0 --iterations $long --seed 0 --loss jaccard+ce --class-weights auto"
+    "qf-$short-s0 --iterations $short --seed 0"
+    "qf-$short-s1 --iterations $short --seed 1"
+    "qf-$short-s2 --iterations $short --seed 2"
+); else jobs=(
+    "qfd-$long-s0 --iterations $long --seed 0 --loss focal+dice"
+    "qfd-$long-s1 --iterations $long --seed 1 --loss focal+dice"
+    "qfd-$long-s2 --iterations $long --seed 2 --loss focal+dice"
+    "qfw-$long-s1 --iterations $long --seed 1 --loss jaccard+ce --class-weights auto"
+    "qfw-$long-s2 --iterations $long --seed 2 --loss jaccard+ce --class-weights auto"
+); fi
+for job in "${jobs[@]}"; do
+    read -r name flags <<<"$job"
+    # shellcheck disable=SC2086
+    timeout -s INT -k 20 "$(left)" $py -m weedseg.cli train --data-root "$data" --budget cpu --device "$device" \
+        --workers "$workers" --out "$work/$name" $flags >"$work/$name.log" 2>&1 &
+done
+wait
+echo "training ended after $((SECONDS - start)) s"
+for job in "${jobs[@]}"; do
+    read -r name _ <<<"$job"
+    echo "$name: $(grep -o 'best validation mIoU.*' "$work/$name.log" || echo "unfinished: $(tail -c 300 "$work/$name.log" | tr '\r\n' '  ')")"
+done | tee "$work/summary.txt"
+
+if [ "$bench" = 1 ] && [ "$(left)" -gt 60 ]; then
+    timeout -k 10 "$(($(left) - 10))" $py benchmarks/training.py --devices "$device" --steps 10 \
+        --data-root "$data" --json "$work/training.json" >"$work/training.md" 2>&1
+fi
+
+# logs and metrics in one tarball, then each group's checkpoints in one (at most 4 quarter models: < 16 MiB)
+tar -czf "$out/logs.tar.gz" "$work"/*.txt "$work"/*.log "$work"/*.md "$work"/*.json "$work"/*/metrics.jsonl \
+    "$work"/*/config.json 2>/dev/null
+for group in $(for job in "${jobs[@]}"; do echo "${job%%-s[0-9]* *}"; done | sort -u); do
+    tar -czf "$out/$group.tar.gz" "$work/$group"-s*/best.pt 2>/dev/null
+done
+ls -la "$out"
+cat "$work/summary.txt" "$work/training.md" 2>/dev/null
