@@ -40,7 +40,7 @@ def test_short_training_lowers_loss_and_beats_all_soil(trained_run, peanut):
 
 def tiny_config(out, root, epochs=4):
     return TrainConfig(dataset="peanut", data_root=str(root), out=str(out), epochs=epochs, warmup_epochs=1,
-                       crop_zoom=PRESETS["cpu"]["crop_zoom"],  # as the command line's cpu preset
+                       crop_zoom=PRESETS["cpu"]["crop_zoom"], loss=PRESETS["cpu"]["loss"],  # as the CLI's cpu preset
                        train_fraction=0.06, eval_short_side=96, seed=3, workers=0)
 
 
