@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from dataclasses import replace
@@ -20,6 +21,8 @@ from weedseg.data.io import read_rgb
 from weedseg.export import save_with_metadata
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter
 from weedseg.infer.geo import Ground, GroundOptions, check_resolution, describe_ground
+from weedseg.infer.image import SegmentedImage
+from weedseg.infer.pipeline import Job, PredictOptions, Predictor
 from weedseg.infer.spray import SpraySettings, plan_spray, spray_geojson
 from weedseg.resources import APP_SCRIPT
 
@@ -164,6 +167,25 @@ def test_minimum_patch_in_square_centimetres_and_patch_polygons(tmp_path):
     block = max(patches, key=lambda f: f["properties"]["area_px"])["geometry"]["coordinates"][0]
     xs, ys = zip(*block)
     assert min(xs) == pytest.approx(E0 + 20.5 * SCALE) and max(ys) == pytest.approx(N0 - 10.5 * SCALE)
+
+
+def test_grid_csv_agrees_with_the_spray_cells_after_dropping_specks(tmp_path):
+    """`predict` and the page both write the grid the decision used: no cell holds weed yet goes unsprayed."""
+    settings = SpraySettings(threshold_pct=0, min_patch=5)  # drops the one-pixel speck and the 4-pixel patch
+    seg = Segmenter(DEFAULT_MODEL, device="cpu", threads=1)
+    job = Job(0, tmp_path / "photo.png", "photo.png", tmp_path / "photo.mask.png", tmp_path / "photo.overlay.jpg",
+              tmp_path / "photo.grid.csv")
+    row = Predictor(seg, PredictOptions(grid_cell=20, spray=settings)).decide(job, hand_mask(), Ground(None, "none"))
+    page = SegmentedImage("photo.png", np.zeros((100, 200, 3), np.uint8), hand_mask())
+    page.summarize(CLASSES, 20, spray=settings)
+    page_grid = page.files(seg.info.colors, 0.45)["photo.grid.csv"].decode()
+    for grid, summary in [(job.grid.read_text(), row), (page_grid, page.row)]:
+        cells = list(csv.DictReader(io.StringIO(grid)))
+        assert len(cells) == 50 and all((float(c["weed_pct"]) > 0) == (c["spray"] == "1") for c in cells)
+        assert {(c["row"], c["col"]) for c in cells if c["spray"] == "1"} == {("0", "1"), ("0", "2"), ("1", "1"),
+                                                                              ("1", "2")}
+        assert (summary["weed_cells"], summary["spray_cells"], summary["max_cell_weed_pct"]) == (4, 4, 50.0)
+        assert summary["weed_pixels"] == 805  # the mask's own count, specks included, as weed_pct
 
 
 def test_resolution_check():

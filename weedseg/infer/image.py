@@ -22,7 +22,7 @@ from . import outputs
 from .geo import Ground, GroundOptions, describe_ground
 from .pipeline import PredictOptions
 from .session import Segmenter
-from .spray import SprayPlan, SpraySettings, plan_spray, spray_map_bytes
+from .spray import SprayPlan, SpraySettings, spray_map_bytes, summarize_mask
 from .tiling import check_model_pixels, predict_mask
 
 SESSION_FILES = 20  # photos one page session segments and holds at once
@@ -82,7 +82,7 @@ def colour_mask(mask: np.ndarray, colors: list[list[int]]) -> np.ndarray:
 
 
 def weed_crop_ratio(row: dict) -> float | None:
-    """Weed pixels per crop pixel from a `mask_stats` row; None without crop pixels or crop/weed classes."""
+    """Weed pixels per crop pixel from a summary row; None without crop pixels or crop/weed classes."""
     crop, weed = row.get("crop_pct"), row.get("weed_pct")
     if crop is None or weed is None or crop == 0:
         return None
@@ -182,11 +182,10 @@ class SegmentedImage:
         ground = self.ground.given(gsd_cm)
         if (grid_cell, ground, spray) == self.settings:
             return
-        self.plan = plan_spray(self.mask, classes, ground, spray, grid_cell)
+        row, self.cells, self.plan = summarize_mask(self.mask, classes, ground, spray, grid_cell)
         self.grid_cell = self.plan.cell_px if self.plan else grid_cell
-        row, self.cells = outputs.mask_stats(self.mask, classes, self.grid_cell)
-        spray_row = {**self.plan.row(), "spray_map": f"{self.stem}.spray.geojson"} if self.plan else {}
-        self.row = {"image": self.name, "status": "predicted", **row, **spray_row,
+        spray_map = {"spray_map": f"{self.stem}.spray.geojson"} if self.plan else {}
+        self.row = {"image": self.name, "status": "predicted", **row, **spray_map,
                     "weed_crop_ratio": weed_crop_ratio(row), "mask": f"{self.stem}.mask.png"}
         self.settings = (grid_cell, ground, spray)
 

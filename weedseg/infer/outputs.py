@@ -148,19 +148,18 @@ def grid_csv(cells: list[GridCell], spray: list[bool] | None = None) -> bytes:
     return buf.getvalue().encode()
 
 
-def mask_stats(mask: np.ndarray, classes: list[str], cell: int) -> tuple[dict, list[GridCell]]:
-    """Summary-row fields of a class-index mask (percent per class, weed pixels and cells) and its weed grid."""
-    h, w = mask.shape
-    counts = class_counts(mask, len(classes))
+def mask_stats(shape: tuple[int, int], classes: list[str], counts: np.ndarray, cells: list[GridCell]) -> dict:
+    """Summary-row fields of a class-index mask of `shape` from its pixels per class (`class_counts`) and weed grid
+    (percent per class, weed pixels and cells)."""
+    h, w = shape
     row: dict = {"width": w, "height": h}
     row.update({f"{name}_pct": round(100.0 * n / (h * w), 3) for name, n in zip(classes, counts)})
     if "weed" not in classes:
-        return row, []
-    cells = weed_grid(mask, classes.index("weed"), cell)
+        return row
     row.update(weed_pixels=int(counts[classes.index("weed")]),
                weed_cells=sum(c.weed_pct > 0 for c in cells),
                max_cell_weed_pct=max(c.weed_pct for c in cells))
-    return row, cells
+    return row
 
 
 def summary_columns(classes: list[str]) -> list[str]:

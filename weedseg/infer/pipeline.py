@@ -27,7 +27,7 @@ from .budget import PixelBudget, return_freed_memory
 from .geo import Ground, GroundOptions, check_resolution, describe_ground
 from .outdir import DISK_ERRNOS, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
-from .spray import SpraySettings, plan_spray, write_run_outputs, write_spray_map
+from .spray import SpraySettings, summarize_mask, write_run_outputs, write_spray_map
 from .tiling import MAX_MODEL_PIXELS, check_model_pixels, predict_logits, predict_mask, run_padded, upsample_argmax
 
 log = logging.getLogger(__name__)
@@ -181,15 +181,12 @@ class Predictor:
 
     def decide(self, job: Job, mask: np.ndarray, ground: Ground) -> dict:
         """Summary fields of a mask; writes its weed grid and spray map (cells in metres with a GSD and --cell-m)."""
-        classes = self.seg.info.classes
-        plan = plan_spray(mask, classes, ground, self.opt.spray, self.opt.grid_cell)
-        row, cells = outputs.mask_stats(mask, classes, plan.cell_px if plan else self.opt.grid_cell)
+        row, cells, plan = summarize_mask(mask, self.seg.info.classes, ground, self.opt.spray, self.opt.grid_cell)
         if "grid" in self.opt.outputs:
             outputs.atomic_write(job.grid, outputs.grid_csv(cells, plan.spray if plan else None))
-        if plan is None:
-            return row
-        write_spray_map(job.spray_map, plan, job.name)
-        return {**row, **plan.row()}
+        if plan is not None:
+            write_spray_map(job.spray_map, plan, job.name)
+        return row
 
     # --- main thread
     def cost(self, job: Job) -> int:

@@ -109,8 +109,9 @@ class SprayPlan:
 
 
 def plan_spray(mask: np.ndarray, classes: list[str], ground: Ground, settings: SpraySettings,
-               grid_cell: int) -> SprayPlan | None:
-    """The spray plan of a class-index mask; None when the model has no weed class."""
+               grid_cell: int, counts: np.ndarray | None = None) -> SprayPlan | None:
+    """The spray plan of a class-index mask (`counts`: its pixels per class, when already counted); None when
+    the model has no weed class."""
     if "weed" not in classes:
         return None
     cell = cell_pixels(ground, settings, grid_cell)
@@ -118,9 +119,21 @@ def plan_spray(mask: np.ndarray, classes: list[str], ground: Ground, settings: S
     weed = drop_specks(mask == classes.index("weed"), min_px)
     cells = outputs.weed_grid(weed, 1, cell)
     spray = [bool(c.weed_pct > 0 and c.weed_pct >= settings.threshold_pct) for c in cells]
-    counts = outputs.class_counts(mask, len(classes))  # in strips: a whole-mask bincount holds 8 bytes a pixel
+    if counts is None:
+        counts = outputs.class_counts(mask, len(classes))  # in strips: a whole-mask bincount holds 8 bytes a pixel
     return SprayPlan(ground, settings, cell, min_px, weed, cells, spray,
                      {name: int(n) for name, n in zip(classes[1:], counts[1:])})
+
+
+def summarize_mask(mask: np.ndarray, classes: list[str], ground: Ground, settings: SpraySettings,
+                   grid_cell: int) -> tuple[dict, list[outputs.GridCell], SprayPlan | None]:
+    """Summary-row fields, weed grid and spray plan of a class-index mask, each computed once. The grid is the
+    plan's, measured after dropping specks, so grid.csv and the spray cells agree; no weed class: no grid, no plan."""
+    counts = outputs.class_counts(mask, len(classes))
+    plan = plan_spray(mask, classes, ground, settings, grid_cell, counts)
+    cells = plan.cells if plan else []
+    row = outputs.mask_stats(mask.shape, classes, counts, cells)
+    return ({**row, **plan.row()} if plan else row), cells, plan
 
 
 def _ring(plan: SprayPlan, points: list[tuple[float, float]]) -> list[list[float]]:
