@@ -23,7 +23,7 @@ from weedseg.infer.session import DEFAULT_MODEL, Segmenter
 from weedseg.infer.geo import Ground, GroundOptions, check_resolution, describe_ground
 from weedseg.infer.image import SegmentedImage
 from weedseg.infer.pipeline import Job, PredictOptions, Predictor
-from weedseg.infer.spray import SpraySettings, plan_spray, spray_geojson
+from weedseg.infer.spray import SpraySettings, plan_spray, spray_geojson, write_run_outputs, write_spray_map
 from weedseg.resources import APP_SCRIPT
 
 CLASSES = ["soil", "crop", "weed"]
@@ -186,6 +186,21 @@ def test_grid_csv_agrees_with_the_spray_cells_after_dropping_specks(tmp_path):
                                                                               ("1", "2")}
         assert (summary["weed_cells"], summary["spray_cells"], summary["max_cell_weed_pct"]) == (4, 4, 50.0)
         assert summary["weed_pixels"] == 805  # the mask's own count, specks included, as weed_pct
+
+
+def test_a_rerun_removes_run_outputs_it_does_not_make(tmp_path):
+    for name in ("spray_summary.json", "spray_map.geojson"):  # left by an earlier run on georeferenced images
+        (tmp_path / name).write_text("{}")
+    plan = plan_spray(hand_mask(), CLASSES, Ground(None, "none"), SpraySettings(), grid_cell=20)
+    write_spray_map(tmp_path / "photo.spray.geojson", plan, "photo.png")
+    row = {"image": "photo.png", "width": 200, "height": 100, **plan.row(), "spray_map": "photo.spray.geojson"}
+    totals = write_run_outputs(tmp_path, [row])  # totals, but no georeferenced image to map
+    assert totals["spray_cells"] == plan.row()["spray_cells"] > 0
+    assert json.loads((tmp_path / "spray_summary.json").read_text()) == totals
+    assert not (tmp_path / "spray_map.geojson").exists()
+    (tmp_path / "spray_map.geojson").write_text("{}")
+    assert write_run_outputs(tmp_path, [{"image": "photo.png", "status": "failed"}]) == {}  # no totals at all
+    assert not (tmp_path / "spray_summary.json").exists() and not (tmp_path / "spray_map.geojson").exists()
 
 
 def test_resolution_check():

@@ -229,10 +229,12 @@ def write_spray_map(path: Path, plan: SprayPlan, image: str) -> None:
 
 def write_run_map(path: Path, maps: list[Path]) -> tuple[int, list[str]]:
     """Merge the georeferenced per-image spray maps into one GeoJSON at `path` (images in the CRS most of
-    them share); returns the number of images merged and the names of those left out for another CRS."""
+    them share), or remove a previous run's `path` when none is georeferenced; returns the number of images
+    merged and the names of those left out for another CRS."""
     docs = [json.loads(p.read_text()) for p in maps if p.is_file()]
     docs = [d for d in docs if d["weedseg"]["coordinates"] == "map"]
     if not docs:
+        path.unlink(missing_ok=True)
         return 0, []
     crs = Counter(json.dumps(d.get("crs")) for d in docs).most_common(1)[0][0]
     kept = [d for d in docs if json.dumps(d.get("crs")) == crs]
@@ -247,9 +249,11 @@ def write_run_map(path: Path, maps: list[Path]) -> tuple[int, list[str]]:
 
 def write_run_outputs(out: Path, rows: list[dict]) -> dict:
     """Write the run's spray totals (spray_summary.json) and merged map (spray_map.geojson), log them and
-    return the totals."""
+    return the totals; without totals, a previous run's files are removed, so none outlives its run."""
     totals = run_totals(rows)
     if not totals:
+        for stale in ("spray_summary.json", "spray_map.geojson"):
+            (out / stale).unlink(missing_ok=True)
         return totals
     outputs.atomic_write(out / "spray_summary.json", json.dumps(totals, indent=1).encode())
     maps = [out / r["spray_map"] for r in rows if r.get("spray_map")]
