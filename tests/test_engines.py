@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -54,6 +55,37 @@ def test_auto_times_the_engines_once_and_remembers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engines, "images_per_second", no_timing)
     assert Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="auto").engine.name == choice["engine"]
+
+
+@pytest.mark.parametrize("step", ["read_model", "compile_model", "run"])
+def test_auto_falls_back_to_onnxruntime_when_openvino_fails(tmp_path, monkeypatch, caplog, step):
+    ov = pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def fails(*_args, **_kwargs):
+        raise RuntimeError(f"Exception from src/core: {step} failed\nthe rest of OpenVINO's trace")
+
+    monkeypatch.setattr(engines.OpenVinoEngine if step == "run" else ov.Core, step, fails)
+    with caplog.at_level(logging.WARNING, logger=engines.__name__):
+        seg = Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="auto")
+    assert seg.engine.name == "onnxruntime"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{step} failed" in warning and "onnxruntime runs it" in warning and "\n" not in warning
+
+
+def test_remembered_choice_leaves_no_temporary_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    engines.remember("model|cpu|1 threads", "onnxruntime", {"onnxruntime": 10.0, "openvino": 5.0})
+    assert [p.name for p in (tmp_path / "weedseg").iterdir()] == ["engines.json"]
+    assert engines.remembered("model|cpu|1 threads") == "onnxruntime"
+
+    def full_disk(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engines.os, "replace", full_disk)
+    engines.remember("model|cpu|2 threads", "openvino", {"onnxruntime": 5.0, "openvino": 10.0})  # only logged
+    assert [p.name for p in (tmp_path / "weedseg").iterdir()] == ["engines.json"]
+    assert engines.remembered("model|cpu|2 threads") is None
 
 
 def test_engine_errors_are_one_line():

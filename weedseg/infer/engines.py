@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from .. import WeedsegError
+from .outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,10 @@ class OpenVinoEngine:
             raise WeedsegError("this CPU has no native bf16 (AVX-512 BF16 or AMX); run OpenVINO in FP32")
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "bf16" if use_bf16 else "f32"}
-        self.compiled = core.compile_model(model, "CPU", config)
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # an operator or precision the CPU plugin does not support ...
+            raise WeedsegError(f"cannot compile ONNX model {path} in OpenVINO ({type(exc).__name__}: {exc})") from exc
         self.precision = "int8" if quantized else ("bf16" if use_bf16 else "fp32")
         self.version = ov.get_version().split("-")[0]
         first_input = model.inputs[0]
@@ -203,10 +207,7 @@ def remember(key: str, name: str, rates: dict[str, float]) -> None:
         try:
             choices = json.loads(path.read_text()) if path.is_file() else {}
             choices[key] = {"engine": name, "images_per_s": {k: round(v, 2) for k, v in rates.items()}}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(choices, indent=1))
-            tmp.replace(path)
+            atomic_write(path, json.dumps(choices, indent=1).encode())
         except (OSError, ValueError) as exc:
             log.debug("engine choice not cached (%s)", exc)
 
@@ -243,17 +244,25 @@ def open_engine(path: Path, engine: str = "auto", device: str = "auto", threads:
 
 def choose_faster(path: Path, ort_engine: Engine, threads: int) -> Engine:
     """`--engine auto` for a checked model: ONNX Runtime on a GPU or without OpenVINO, else the engine
-    remembered for this model, CPU and thread count, else the faster of the two, timed now."""
+    remembered for this model, CPU and thread count, else the faster of the two, timed now. A model OpenVINO
+    cannot read, compile or run stays with ONNX Runtime, with a one-line warning."""
     if ort_engine.provider != "CPUExecutionProvider" or not openvino_available():
         return ort_engine
     key = choice_key(path, threads)
     if remembered(key) == "onnxruntime":
         return ort_engine
-    ov_engine = OpenVinoEngine(path, threads)
-    if remembered(key) == "openvino":
-        return ov_engine
     batch = probe_batch(ort_engine.metadata)
-    rates = {e.name: images_per_second(e, batch) for e in (ort_engine, ov_engine)}
+    try:
+        ov_engine = OpenVinoEngine(path, threads)
+        if remembered(key) == "openvino":
+            return ov_engine
+        ov_rate = images_per_second(ov_engine, batch)
+    except Exception as exc:  # noqa: BLE001 - OpenVINO is optional: whatever stops it leaves ONNX Runtime
+        reason = str(exc) if isinstance(exc, WeedsegError) else f"{type(exc).__name__}: {exc}"
+        log.warning("engine auto: OpenVINO cannot run this model, so onnxruntime runs it (%s)",
+                    reason.strip().splitlines()[0][:300])
+        return ort_engine
+    rates = {"onnxruntime": images_per_second(ort_engine, batch), "openvino": ov_rate}
     best = max(rates, key=rates.get)
     log.info("engine auto: %s (images/s at %dx%d, %d threads: %s); remembered in %s", best, batch.shape[3],
              batch.shape[2], threads, ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), cache_file())
