@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from weedseg import WeedsegError
 from weedseg.data import open_dataset
+from weedseg.data.check import check_dataset
 from weedseg.data.layouts import get_layout
 from weedseg.data.locate import find_dataset_root
 from weedseg.data.splits import load_split, make_split, subset
@@ -150,6 +152,25 @@ def test_folder_index_masks_and_size_mismatch(tmp_path):
         ds.load(bad)
     good = next(i for i, s in enumerate(samples) if s.id == "4")
     assert ds.load(good)[1].max() == 1
+
+
+def test_check_reports_an_unreadable_image_and_goes_on(tmp_path, monkeypatch):
+    root = make_color_folder(tmp_path / "cwfid")
+    (root / "images" / "009_image.png").write_bytes((root / "images" / "000_image.png").read_bytes())
+    ids = [f"{i:03d}" for i in range(9)]  # 009, a copy of 000, is in no split: not "the same photo in two splits"
+    (root / "split.json").write_text(json.dumps({"train": ids[:7], "val": ids[7:8], "test": ids[8:]}))
+    read_bytes = Path.read_bytes
+
+    def unreadable(path: Path) -> bytes:
+        if path.name == "004_image.png":
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    report = check_dataset("folder", root)
+    (problem,) = report.problems  # the other nine images are checked as usual
+    assert problem.endswith("004_image.png: cannot be read (Permission denied)")
+    assert "10 images with masks" in report.summary and "1 images are in no split list" in " ".join(report.notes)
 
 
 def test_folder_without_config_explains_what_to_write(tmp_path):

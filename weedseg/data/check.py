@@ -67,11 +67,16 @@ def check_dataset(name: str, data_root: str | Path | None = None) -> DatasetChec
         if mask is not None and group:
             values = np.bincount(mask.ravel(), minlength=IGNORE_INDEX + 1)
             counts[group] += np.append(values[: len(layout.classes)], values[IGNORE_INDEX])
-        digest = hashlib.sha1(sample.image.read_bytes()).hexdigest()
-        if digest in seen and split_of.get(seen[digest].id) != split_of.get(sample.id):
-            report.problems.append(f"images {seen[digest].image.name} ({split_of.get(seen[digest].id)}) and "
-                                   f"{sample.image.name} ({split_of.get(sample.id)}) are the same photo in two splits")
-        seen.setdefault(digest, sample)
+        try:
+            digest = hashlib.sha1(sample.image.read_bytes()).hexdigest()
+        except OSError as exc:
+            report.problems.append(f"{sample.image}: cannot be read ({exc.strerror or exc})")
+            continue
+        first = seen.setdefault(digest, sample)
+        splits = split_of.get(first.id), split_of.get(sample.id)
+        if None not in splits and splits[0] != splits[1]:  # an image in no split is in no two splits
+            report.problems.append(f"images {first.image.name} ({splits[0]}) and {sample.image.name} ({splits[1]}) "
+                                   "are the same photo in two splits")
     report.summary.append("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(5))
                           + (f" and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))
     if rotated:
