@@ -311,11 +311,14 @@ def run_stage(stage: Stage, logs: Path, deadline: float, env: dict[str, str]) ->
 
 
 def run_lane(stages: list[Stage], logs: Path, deadline: float, env: dict[str, str]) -> list[Outcome]:
-    """Run stages one after another; one whose needed stage did not pass is skipped."""
+    """Run stages one after another; one whose needed stage did not pass is skipped (left out with --skip, as
+    that stage was)."""
     outcomes: dict[str, Outcome] = {}
     for stage in stages:
         need = outcomes.get(stage.needs) if stage.needs else None
-        if need is not None and need.status != "ok":
+        if need is not None and need.note == SKIPPED:
+            outcomes[stage.name] = Outcome(stage.name, "skipped", 0.0, SKIPPED)
+        elif need is not None and need.status != "ok":
             outcomes[stage.name] = Outcome(stage.name, "skipped", 0.0, f"needs {stage.needs}, which did not pass")
         else:
             outcomes[stage.name] = run_stage(stage, logs, deadline, env)
@@ -385,10 +388,14 @@ def gpu_use(path: Path, start: datetime, end: datetime) -> tuple[float, float] |
 
 def machine_lines(device: str) -> list[str]:
     """What ran the stages: GPU, torch, CUDA, CPU, commit."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:  # no git on the machine
+        commit = ""
     gpu = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})" if device == "cuda" else "none (CPU run)"
     return [f"- GPU: {gpu}", f"- torch {torch.__version__}; CPU: {cpu_name()}, {os.cpu_count()} logical cores",
-            f"- weedseg commit: {commit.stdout.strip() or 'unknown'}"]
+            f"- weedseg commit: {commit or 'unknown'}"]
 
 
 def stage_table(outcomes: list[Outcome]) -> list[str]:
@@ -441,13 +448,11 @@ def plan_experiment(s: Setting, args: argparse.Namespace, data_root: Path, work:
 
 
 def run_stages(s: Setting, args: argparse.Namespace, data_root: Path, work: Path, device: str, config: Path,
-               t0: float) -> tuple[list[Outcome], list[tuple[str, datetime, datetime]]]:
-    """Smoke tests (two lanes side by side), throughput, then the experiment; returns the outcomes and when
-    each phase ran."""
+               t0: float, outcomes: list[Outcome], phases: list[tuple[str, datetime, datetime]]) -> None:
+    """Smoke tests (two lanes side by side), throughput, then the experiment; appends each outcome and when each
+    phase ran as they come, so a run stopped part way still reports them."""
     logs, deadline = work / "logs", t0 + s.seconds - s.reserve_seconds
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "10"}
-    outcomes: list[Outcome] = []
-    phases: list[tuple[str, datetime, datetime]] = []
     lanes = smoke_lanes(s, data_root, work, device)
     bench = Stage("throughput", [sys.executable, str(REPO / "benchmarks" / "training.py"), "--devices", device,
                                  "--data-root", str(data_root), "--json", str(work / "training.json"), *s.bench],
@@ -476,7 +481,6 @@ def run_stages(s: Setting, args: argparse.Namespace, data_root: Path, work: Path
         report = Stage("experiment-report", [*experiment.command, "--report-only"], s.reserve_seconds, ("results:",))
         outcomes.append(run_stage(report, logs, t0 + s.seconds, env))
         print(stage_table(outcomes)[-1], flush=True)
-    return outcomes, phases
 
 
 def write_summary(path: Path, args: argparse.Namespace, device: str, started: datetime, t0: float, s: Setting,
@@ -521,17 +525,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"gpu_run {'--tiny ' if args.tiny else ''}on {device}: at most {s.seconds:.0f} s; logs in {work / 'logs'}\n"
           f"{plan}", flush=True)
 
+    outcomes: list[Outcome] = []
+    phases: list[tuple[str, datetime, datetime]] = []
     monitor = start_gpu_monitor(work / "logs" / "gpu.csv")
     try:
-        outcomes, phases = run_stages(s, args, data_root, work, device, config, t0)
-    finally:
+        run_stages(s, args, data_root, work, device, config, t0, outcomes, phases)
+    finally:  # what ran is reported even when the run stops part way (Ctrl-C, an error)
         if monitor is not None:
             monitor.terminate()
             monitor.wait()
-    write_summary(work / "summary.md", args, device, started, t0, s, outcomes, phases, plan, work)
-    shutil.copyfile(work / "summary.md", out / "summary.md")
-    files = write_tarball(work, out / "gpu_run.tar.gz")
-    print(f"\nsummary: {out / 'summary.md'}\nlogs and results: {out / 'gpu_run.tar.gz'} ({files} files)")
+        write_summary(work / "summary.md", args, device, started, t0, s, outcomes, phases, plan, work)
+        shutil.copyfile(work / "summary.md", out / "summary.md")
+        files = write_tarball(work, out / "gpu_run.tar.gz")
+        print(f"\nsummary: {out / 'summary.md'}\nlogs and results: {out / 'gpu_run.tar.gz'} ({files} files)")
     passed = [o.status == "ok" or o.note == SKIPPED for o in outcomes if o.name != "experiment-report"]
     return 0 if all(passed) else 1
 

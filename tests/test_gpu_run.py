@@ -127,6 +127,38 @@ def test_a_stage_past_its_limit_is_stopped_with_its_children(tmp_path, monkeypat
     assert gpu_run.run_stage(failing, tmp_path, float("inf"), {}).note == "exit status 2: weedseg: error: no data"
 
 
+def test_stages_that_need_a_skipped_stage_are_skipped_too(tmp_path):
+    gpu_run = load_gpu_run()
+    lane = [gpu_run.Stage("train", ["false"], 10.0, skip=True),
+            gpu_run.Stage("export-int8", ["false"], 10.0, needs="train"),
+            gpu_run.Stage("predict", ["false"], 10.0, needs="export-int8")]
+    outcomes = gpu_run.run_lane(lane, tmp_path, float("inf"), {})
+    assert [(o.status, o.note) for o in outcomes] == [("skipped", gpu_run.SKIPPED)] * 3
+    lane[0].skip = False  # a stage that fails still stops the ones after it
+    notes = [o.note for o in gpu_run.run_lane(lane, tmp_path, float("inf"), {})]
+    assert notes[1:] == ["needs train, which did not pass", "needs export-int8, which did not pass"]
+
+
+def test_summary_is_written_without_git_and_when_the_stages_stop(tmp_path, field_data, monkeypatch):
+    gpu_run = load_gpu_run()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))  # no git (nor nvidia-smi)
+    assert gpu_run.machine_lines("cpu")[-1] == "- weedseg commit: unknown"
+
+    def stops(*args):
+        outcomes = args[-2]
+        outcomes.append(gpu_run.Outcome("train", "ok", 1.0, "trained"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_run, "run_stages", stops)
+    out = tmp_path / "out"
+    args = argparse.Namespace(tiny=True, skip=set(), data_root=str(field_data), work=str(tmp_path / "work"),
+                              out=str(out), experiment_epochs=None)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_run.run(args)
+    assert "| train | ok | 1.0 | trained |" in (out / "summary.md").read_text()
+    assert (out / "gpu_run.tar.gz").is_file()
+
+
 @pytest.mark.slow
 def test_tiny_run_end_to_end_writes_the_summary_and_the_tarball(tmp_path, field_data):
     src = field_data
