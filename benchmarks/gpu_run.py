@@ -36,7 +36,6 @@ import cv2
 import numpy as np
 import torch
 
-from training import cpu_name  # benchmarks/training.py, next to this script
 from weedseg import WeedsegError
 from weedseg.data import open_dataset
 from weedseg.data.io import find_images, read_label_map, read_rgb
@@ -44,6 +43,7 @@ from weedseg.data.locate import find_dataset_root
 from weedseg.data.transforms import resize_short_side
 from weedseg.experiment import ExperimentConfig, run_experiment
 from weedseg.experiment.plan import finetune_schedule
+from weedseg.infer.engines import cpu_name
 from weedseg.ssl.pretrain import PretrainConfig, plan_steps
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from weedseg.infer.engines import cpu_name
 from weedseg.losses import build_loss
 from weedseg.models import create_model
 from weedseg.runtime import cpu_has_native_bf16, mixed_precision
@@ -83,15 +83,6 @@ def pretrain_rate(name: str, device: torch.device, batch: int, size: int, epochs
         pretrain(cfg)
         summary = json.loads((Path(tmp) / "summary.json").read_text())
     return summary["train_images_per_s"]
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what platform reports."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
