@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from weedseg.metrics import ConfusionMatrix, format_summary
 from weedseg.losses import FocalLoss, SoftDiceLoss
+from weedseg.metrics import ConfusionMatrix, format_summary
 
 
 def test_confusion_matrix_and_iou_by_hand():

@@ -6,15 +6,19 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import torch
 
+from weedseg import WeedsegError
 from weedseg.checkpoint import load_checkpoint
 from weedseg.data import EvalResize, SegmentationDataset
-from weedseg.evaluate import evaluate_checkpoint
+from weedseg.data.transforms import TrainAugment
+from weedseg.evaluate import evaluate_checkpoint, predict_logits
 from weedseg.metrics import ConfusionMatrix
 from weedseg.runtime import warmup_cosine
-from weedseg.train import PRESETS, TrainConfig, train
+from weedseg.train import PRESETS, TrainConfig, resolve_init, schedule, train
 
 
 def read_log(run):
@@ -74,10 +78,6 @@ def test_resume_after_kill_matches_an_unbroken_run(tmp_path, peanut_root):
 
 
 def test_existing_run_is_not_overwritten_by_accident(tmp_path, peanut_root):
-    import pytest
-
-    from weedseg import WeedsegError
-
     cfg = tiny_config(tmp_path / "run", peanut_root, epochs=1)
     train(cfg)
     with pytest.raises(WeedsegError, match="--resume"):
@@ -96,8 +96,6 @@ def test_warmup_cosine_schedule():
 def test_iteration_budget_and_smoothed_best(tmp_path, peanut_root):
     """An iteration budget fixes the optimiser steps whatever the dataset size (ending inside an epoch);
     best.pt follows the mean of the last `smooth_evals` validations."""
-    from weedseg.train import schedule
-
     cfg = TrainConfig(dataset="peanut", data_root=str(peanut_root), out=str(tmp_path / "run"), iterations=7,
                       warmup_iterations=2, eval_every=1, smooth_evals=2, train_fraction=0.06, eval_short_side=96,
                       seed=1, workers=0)
@@ -115,8 +113,6 @@ def test_iteration_budget_and_smoothed_best(tmp_path, peanut_root):
 
 def test_flip_tta_and_scoring_resolution(trained_run, peanut):
     """TTA averages the logits of an image and its mirror; masks can be scored at another resolution than the input."""
-    from weedseg.evaluate import predict_logits
-
     model = torch.nn.Conv2d(3, 3, 3, padding=1)
     x = torch.rand(1, 3, 8, 10)
     expected = (model(x) + model(x.flip(-1)).flip(-1)) / 2
@@ -132,10 +128,6 @@ def test_flip_tta_and_scoring_resolution(trained_run, peanut):
 
 
 def test_crop_zoom_keeps_the_inference_scale_whatever_the_photo_size():
-    import pytest
-
-    from weedseg.data.transforms import TrainAugment
-
     native = TrainAugment(256, zoom=(0.5, 1.0), input_short_side=0)
     assert native.area_range(720, 960) == pytest.approx(((128 / 960) * (128 / 720), (256 / 960) * (256 / 720)))
     # a 4000 x 3000 photo run at short side 720 is the 960 x 720 case scaled: the same area fractions
@@ -146,10 +138,6 @@ def test_crop_zoom_keeps_the_inference_scale_whatever_the_photo_size():
 
 
 def test_default_init_is_the_shipped_field_pretrained_model(capsys):
-    from pathlib import Path
-
-    from weedseg.train import resolve_init
-
     field = resolve_init(TrainConfig().init, "unet-resnet18-quarter")
     assert field is not None and field.is_file() and field.name == "weedseg-field-pretrained.pt"
     assert load_checkpoint(field)["model"]["name"] == "unet-resnet18-quarter"
