@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from weedseg import WeedsegError
-from weedseg.checkpoint import load_checkpoint
+from weedseg import train as train_module
+from weedseg.checkpoint import load_checkpoint, save_checkpoint
 from weedseg.data import EvalResize, SegmentationDataset
 from weedseg.data.transforms import TrainAugment
 from weedseg.evaluate import evaluate_checkpoint, predict_logits
@@ -75,6 +76,29 @@ def test_resume_after_kill_matches_an_unbroken_run(tmp_path, peanut_root):
         assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
     for x, y in zip(read_log(unbroken), read_log(killed)):
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-5
+
+
+def test_last_checkpoint_is_written_after_validations_not_every_epoch(tmp_path, peanut_root, monkeypatch):
+    """last.pt costs ~0.1 s to write: with hundreds of short epochs it follows validations (or the clock)."""
+    written = []
+
+    def recording_save(path, model, meta, **extra):
+        if Path(path).name == "last.pt":
+            written.append(extra["train_state"]["epoch"] + 1)
+        save_checkpoint(path, model, meta, **extra)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording_save)
+    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY_S", 3600.0)
+    cfg = tiny_config(tmp_path / "run", peanut_root, epochs=5)
+    cfg.eval_every = 2
+    train(cfg)
+    assert written == [2, 4, 5]
+    assert [r["epoch"] for r in read_log(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+    written.clear()
+    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY_S", 0.0)  # a slow epoch: the clock asks for a save
+    train(cfg, overwrite=True)
+    assert written == [1, 2, 3, 4, 5]
 
 
 def test_existing_run_is_not_overwritten_by_accident(tmp_path, peanut_root):

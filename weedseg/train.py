@@ -1,7 +1,8 @@
 """Supervised training of a segmentation model: one loop, plain config values, resumable.
 
-Every epoch appends a line to <out>/metrics.jsonl and rewrites <out>/last.pt (model, optimiser,
-schedule, best score); <out>/best.pt holds the weights with the best validation mIoU.
+Every epoch appends a line to <out>/metrics.jsonl. <out>/last.pt (model, optimiser, schedule, best score)
+is rewritten after each validation, at the end, and at least every CHECKPOINT_EVERY_S seconds (not every
+epoch: a run on 28 images has hundreds of epochs); <out>/best.pt holds the weights with the best validation mIoU.
 `train(cfg, resume=True)` continues from last.pt with the exact data order of an unbroken run.
 `cfg.init` starts from a pretrained checkpoint (see weedseg.ssl.transfer for what is copied) and
 uses its normalisation. Under torchrun the loop runs with DistributedDataParallel (weedseg.distributed);
@@ -63,6 +64,7 @@ class TrainConfig:
 
 # the starting point `--init field` (the default) names: pretrained on 3,580 field photos (weedseg/weights/README.md)
 FIELD_PRETRAINED, FIELD_PRETRAINED_MODEL = "weedseg-field-pretrained.pt", "unet-resnet18-quarter"
+CHECKPOINT_EVERY_S = 30.0  # the most training an interruption between validations can lose
 
 PRESETS: dict[str, dict] = {
     # 8000 iterations (229 epochs of the 280 peanut training images), counted in iterations so that a small
@@ -176,6 +178,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     use_amp, amp_dtype, scaler = mixed_precision(cfg.amp, device)
 
     start_epoch, best, recent = 0, {"miou": -1.0}, []
+    saved_epoch, saved_at = 0, time.monotonic()  # epochs in last.pt, and when it was written
     if state is None:
         if main:
             out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +194,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         scheduler.load_state_dict(ts["scheduler"])
         scaler.load_state_dict(ts["scaler"])
         start_epoch, best, recent = ts["epoch"] + 1, ts["best"], ts.get("recent", [])
+        saved_epoch = start_epoch
         if main:
             truncate_log(log_path, "epoch", ts["epoch"] + 1)
             print(f"resuming {out} at epoch {start_epoch + 1}/{epochs}")
@@ -232,7 +236,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                       "images_per_s": round(done * cfg.batch_size / seconds, 2)}
             if not main:
                 continue
-            if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            validate = (epoch + 1) % eval_every == 0 or epoch + 1 == epochs
+            if validate:
                 val = evaluate_model(distributed.unwrap(model), val_ds, num_classes, device).summary(data.classes)
                 recent = (recent + [val["miou"]])[-max(1, cfg.smooth_evals):]
                 smoothed = sum(recent) / len(recent)
@@ -243,15 +248,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                                     config=asdict(cfg))
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "recent": recent,
-                           "config": asdict(cfg)}
-            save_checkpoint(last_path, model, meta, train_state=train_state)
+            if validate or time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
+                train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "recent": recent,
+                               "config": asdict(cfg)}
+                save_checkpoint(last_path, model, meta, train_state=train_state)
+                saved_epoch, saved_at = epoch + 1, time.monotonic()
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_miou=f"{record.get('val_miou', float('nan')):.3f}",
                             best=f"{best['miou']:.3f}")
     except KeyboardInterrupt:
         bar.close()
-        raise WeedsegError(f"interrupted; completed epochs are saved in {last_path}. "
+        if not saved_epoch:
+            raise WeedsegError(f"interrupted before the first checkpoint of {out}; start the run again") from None
+        raise WeedsegError(f"interrupted; epochs 1-{saved_epoch} are saved in {last_path}. "
                            f"Continue with: weedseg train --resume --out {out}") from None
     bar.close()
     distributed.barrier()
