@@ -42,7 +42,8 @@ def main() -> None:
     row = plan.row()
     text = (f"spray {row['spray_cells']} of {row['cells']} cells ({row['sprayed_pct']:.0f} % of the area), "
             f"threshold 1 % weed per cell")
-    small = resize_short_side(outputs.overlay(rgb, mask, seg.info.colors), 480)  # a small file for the README
+    tinted = outputs.overlay(rgb, mask, seg.info.colors, background=seg.info.background)
+    small = resize_short_side(tinted, 480)  # a small file for the README
     picture = draw_spray_cells(small, plan)
     cv2.rectangle(picture, (0, 0), (picture.shape[1], 26), (0, 0, 0), -1)
     cv2.putText(picture, text, (8, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 214, 0), 1, cv2.LINE_AA)

@@ -126,7 +126,7 @@ def test_segment_upload_matches_weedseg_predict(models, photo, tmp_path, options
     cli_row = summary.rows[0]
     for key in ["width", "height", "soil_pct", "crop_pct", "weed_pct", "weed_pixels", "weed_cells"]:
         assert res.row[key] == cli_row[key]
-    files = res.files(seg.info.colors, 0.45)
+    files = res.files(seg.info.colors, 0.45, background=seg.info.background)
     assert files["p.grid.csv"] == (tmp_path / "out" / f"{photo.stem}.grid.csv").read_bytes()
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(files["p.mask.png"], np.uint8), cv2.IMREAD_UNCHANGED),
                                   expected)
@@ -143,7 +143,8 @@ def test_downloads_hold_every_file(models, photo):
     ratio = float(parsed[0]["weed_crop_ratio"]) if parsed[0]["weed_crop_ratio"] else None
     crop, weed = float(parsed[0]["crop_pct"]), float(parsed[0]["weed_pct"])
     assert ratio == (None if crop == 0 else pytest.approx(weed / crop, abs=1e-3))
-    archive = zipfile.ZipFile(io.BytesIO(zip_bytes({"summary.csv": summary, **res.files(seg.info.colors, 0.5)})))
+    files = res.files(seg.info.colors, 0.5, background=seg.info.background)
+    archive = zipfile.ZipFile(io.BytesIO(zip_bytes({"summary.csv": summary, **files})))
     assert sorted(archive.namelist()) == ["a.grid.csv", "a.mask.png", "a.overlay.jpg", "a.spray.geojson", "summary.csv"]
 
 

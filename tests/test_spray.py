@@ -22,6 +22,8 @@ from weedseg.export import save_with_metadata
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter
 from weedseg.infer.geo import Ground, GroundOptions, check_resolution, describe_ground
 from weedseg.infer.image import SegmentedImage
+from weedseg.infer.metadata import background_class
+from weedseg.infer.outputs import overlay, summary_columns
 from weedseg.infer.pipeline import Job, PredictOptions, Predictor
 from weedseg.infer.spray import SpraySettings, plan_spray, spray_geojson, write_run_outputs, write_spray_map
 from weedseg.resources import APP_SCRIPT
@@ -169,6 +171,30 @@ def test_minimum_patch_in_square_centimetres_and_patch_polygons(tmp_path):
     assert min(xs) == pytest.approx(E0 + 20.5 * SCALE) and max(ys) == pytest.approx(N0 - 10.5 * SCALE)
 
 
+@pytest.mark.parametrize("classes", [["crop", "soil", "weed"], ["weed", "crop", "Background"]])
+def test_background_is_found_by_name_whatever_the_class_order(classes):
+    """A dataset.toml may list its classes in any order: areas, cover columns and overlays follow the names."""
+    bg = background_class(classes)
+    order = [bg, classes.index("crop"), classes.index("weed")]
+    mask = np.asarray(order, np.uint8)[hand_mask()]  # hand_mask's soil, crop and weed as these classes
+    background = classes[bg]
+    plan = plan_spray(mask, classes, Ground(5.0, "--gsd"), SpraySettings(), grid_cell=20)
+    reference = plan_spray(hand_mask(), CLASSES, Ground(5.0, "--gsd"), SpraySettings(), grid_cell=20)
+    assert plan.class_pixels == reference.class_pixels == {"crop": 1000, "weed": 805}
+    row = plan.row()
+    assert row["crop_m2"] == reference.row()["crop_m2"] and f"{background}_m2" not in row
+    columns = summary_columns(classes)
+    assert "crop_m2" in columns and "weed_m2" in columns and f"{background}_m2" not in columns
+
+    rgb = np.full((*mask.shape, 3), 120, np.uint8)
+    colors = [[[0, 0, 0], [0, 255, 0], [255, 0, 0]][order.index(i)] for i in range(3)]  # soil black, crop green ...
+    picture = overlay(rgb, mask, colors, background=bg)
+    assert (picture[mask == order[0]] == 120).all()  # the background keeps the photo's pixels
+    assert (picture[mask == order[1]][:, 1] > 120).all() and (picture[mask == order[2]][:, 0] > 120).all()
+    assert background_class(["crop", "weed"]) is None
+    assert (overlay(rgb, mask, colors, background=None) != 120).any(axis=-1).all()  # no background: all tinted
+
+
 def test_grid_csv_agrees_with_the_spray_cells_after_dropping_specks(tmp_path):
     """`predict` and the page both write the grid the decision used: no cell holds weed yet goes unsprayed."""
     settings = SpraySettings(threshold_pct=0, min_patch=5)  # drops the one-pixel speck and the 4-pixel patch
@@ -178,7 +204,7 @@ def test_grid_csv_agrees_with_the_spray_cells_after_dropping_specks(tmp_path):
     row = Predictor(seg, PredictOptions(grid_cell=20, spray=settings)).decide(job, hand_mask(), Ground(None, "none"))
     page = SegmentedImage("photo.png", np.zeros((100, 200, 3), np.uint8), hand_mask())
     page.summarize(CLASSES, 20, spray=settings)
-    page_grid = page.files(seg.info.colors, 0.45)["photo.grid.csv"].decode()
+    page_grid = page.files(seg.info.colors, 0.45, background=seg.info.background)["photo.grid.csv"].decode()
     for grid, summary in [(job.grid.read_text(), row), (page_grid, page.row)]:
         cells = list(csv.DictReader(io.StringIO(grid)))
         assert len(cells) == 50 and all((float(c["weed_pct"]) > 0) == (c["spray"] == "1") for c in cells)

@@ -101,10 +101,11 @@ def segment_all(seg: Segmenter, files: list) -> list[tuple[str, SegmentedImage |
 
 
 def show_numbers(res: SegmentedImage, classes: list[str]) -> None:
-    """Cover of every class but the first (soil), the weed-to-crop ratio and the cells with weeds."""
-    row = res.row
-    cols = iter(st.columns(len(classes) + 1))
-    for c in classes[1:]:
+    """Cover of every class but the background (soil, wherever the model lists it), the weed-to-crop ratio and
+    the cells with weeds."""
+    row, shown = res.row, outputs.area_classes(classes)
+    cols = iter(st.columns(len(shown) + 2))
+    for c in shown:
         next(cols).metric(f"{c.capitalize()} cover", f"{row[f'{c}_pct']:.1f} %")
     if "crop" in classes and "weed" in classes:
         ratio = row["weed_crop_ratio"]
@@ -156,7 +157,7 @@ def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
     alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
     side = min(PREVIEW_SHORT_SIDE, *res.rgb.shape[:2])
     rgb, mask = resize_short_side(res.rgb, side), resize_short_side(res.mask, side, nearest=True)
-    overlay = outputs.overlay(rgb, mask, info.colors, alpha)
+    overlay = outputs.overlay(rgb, mask, info.colors, alpha, background=info.background)
     for col, picture, caption in zip(st.columns(3), [rgb, overlay, colour_mask(mask, info.colors)],
                                      ["Original", "Overlay", "Mask"]):
         col.image(picture, caption=caption, width="stretch")
@@ -164,7 +165,7 @@ def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
         show_grid(res, info.colors[info.classes.index("weed")])
     if res.plan:
         show_spray(res, overlay)
-    files = partial(res.files, info.colors, alpha)
+    files = partial(res.files, info.colors, alpha, background=info.background)
     for col, (suffix, label, mime) in zip(st.columns(4), [(".mask.png", "Mask PNG", "image/png"),
                                                         (".overlay.jpg", "Overlay JPG", "image/jpeg"),
                                                         (".grid.csv", "Weed grid CSV", "text/csv"),
@@ -195,7 +196,7 @@ def show_summary(results: list[tuple[str, SegmentedImage | str]], seg: Segmenter
         files = {"summary.csv": summary}
         for name, res in results:
             if isinstance(res, SegmentedImage):
-                files.update(res.files(info.colors, alphas[name]))
+                files.update(res.files(info.colors, alphas[name], background=info.background))
         return zip_bytes(files)
 
     right.download_button("Everything (zip)", everything, "weedseg-results.zip", "application/zip",

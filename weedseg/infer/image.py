@@ -189,10 +189,12 @@ class SegmentedImage:
                     "weed_crop_ratio": weed_crop_ratio(row), "mask": f"{self.stem}.mask.png"}
         self.settings = (grid_cell, ground, spray)
 
-    def files(self, colors: list[list[int]], alpha: float) -> dict[str, bytes]:
-        """What `weedseg predict` writes for the image: class mask PNG, overlay JPG, weed grid CSV and spray map."""
+    def files(self, colors: list[list[int]], alpha: float, *, background: int | None) -> dict[str, bytes]:
+        """What `weedseg predict` writes for the image: class mask PNG, overlay JPG (every class but `background`
+        tinted, see outputs.overlay), weed grid CSV and spray map."""
+        picture = outputs.overlay(self.rgb, self.mask, colors, alpha, background=background)
         files = {f"{self.stem}.mask.png": outputs.encode_image(self.mask, ".png"),
-                 f"{self.stem}.overlay.jpg": outputs.encode_image(outputs.overlay(self.rgb, self.mask, colors, alpha), ".jpg"),
+                 f"{self.stem}.overlay.jpg": outputs.encode_image(picture, ".jpg"),
                  f"{self.stem}.grid.csv": outputs.grid_csv(self.cells, self.plan.spray if self.plan else None)}
         if self.plan:
             files[f"{self.stem}.spray.geojson"] = spray_map_bytes(self.plan, self.name)

@@ -15,6 +15,18 @@ from .. import WeedsegError
 
 FORMAT = "weedseg.onnx/1"
 MAX_INPUT_SHORT_SIDE = 4096  # a larger model resolution would need gigabytes per image
+BACKGROUND_NAMES = ("soil", "background", "ground")  # class names that mean "no plant here" (any letter case)
+
+
+def background_class(classes: list[str]) -> int | None:
+    """Index of the background class (the first named soil, background or ground, in any letter case), or None.
+
+    Overlays leave it untinted and areas and cover are given for the other classes. A model's classes come in
+    whatever order its dataset listed them (a dataset.toml may put crop first), so the background is found by
+    name, never assumed to be class 0; with no such class every class is tinted and measured.
+    """
+    names = [c.strip().lower() for c in classes]
+    return next((i for i, name in enumerate(names) if name in BACKGROUND_NAMES), None)
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,11 @@ class ModelInfo:
     weedseg_version: str
     precision: str = "fp32"  # fp32 or int8
     train_gsd_cm: float | None = None  # ground sampling distance of the training images as the model saw them
+
+    @property
+    def background(self) -> int | None:
+        """Index of the background class (see background_class), None if the model names none."""
+        return background_class(self.classes)
 
     def to_props(self) -> dict[str, str]:
         """The metadata_props entries (all strings) that describe this model."""

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, TiffImagePlugin
 
 from .. import WeedsegError
+from .metadata import background_class
 
 # GeoTIFF tags: pixel scale, tie points, transformation, GeoKey directory, double and ASCII params
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
@@ -87,16 +88,19 @@ def strips(height: int, width: int, pixels: int = STRIP_PIXELS) -> list[slice]:
     return [slice(y, y + step) for y in range(0, height, step)]
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, colors: list[list[int]], alpha: float = 0.45) -> np.ndarray:
-    """The photo with every class but the first (soil/background) tinted in its colour (made in strips of rows,
-    so only the result is held at full size)."""
+def overlay(rgb: np.ndarray, mask: np.ndarray, colors: list[list[int]], alpha: float = 0.45, *,
+            background: int | None) -> np.ndarray:
+    """The photo with every class but `background` tinted in its colour (made in strips of rows, so only the result
+    is held at full size). `background` is `ModelInfo.background`, the class named soil, background or ground
+    wherever the model lists it; None tints every class."""
     lut = np.zeros((256, 1, 3), np.uint8)
     lut[: len(colors), 0] = colors
     out = np.empty_like(rgb)
     for rows in strips(*mask.shape):
         m, photo = mask[rows], rgb[rows]
         tinted = cv2.addWeighted(photo, 1 - alpha, cv2.LUT(cv2.merge([m, m, m]), lut), alpha, 0)
-        cv2.copyTo(photo, (m == 0).view(np.uint8), tinted)  # soil keeps the photo's pixels
+        if background is not None:
+            cv2.copyTo(photo, (m == background).view(np.uint8), tinted)  # the background keeps the photo's pixels
         out[rows] = tinted
     return out
 
@@ -162,11 +166,17 @@ def mask_stats(shape: tuple[int, int], classes: list[str], counts: np.ndarray, c
     return row
 
 
+def area_classes(classes: list[str]) -> list[str]:
+    """The classes given a ground area (and shown as cover): all but the background, wherever it is listed."""
+    background = background_class(classes)
+    return [c for i, c in enumerate(classes) if i != background]
+
+
 def summary_columns(classes: list[str]) -> list[str]:
     """Columns of summary.csv."""
     weed = ["weed_pixels", "weed_cells", "max_cell_weed_pct"] if "weed" in classes else []
     if weed:  # ground units and spray decisions (weedseg.infer.spray)
-        areas = [f"{c}_{unit}" for c in classes[1:] for unit in ("m2", "m2_per_ha")]
+        areas = [f"{c}_{unit}" for c in area_classes(classes) for unit in ("m2", "m2_per_ha")]
         weed += ["gsd_cm", "gsd_source", "area_m2", *areas, "cell_px", "cell_m", "cells", "spray_cells",
                  "sprayed_px", "sprayed_m2", "sprayed_pct", "herbicide_saving_pct_est"]
     return ["image", "status", "width", "height", *(f"{c}_pct" for c in classes), *weed, "mask",

@@ -135,6 +135,9 @@ class Predictor:
         if not 0 <= options.overlap <= options.tile // 2:
             raise WeedsegError(f"--overlap must be between 0 and half the tile ({options.tile // 2}), got {options.overlap}")
         self.workers = options.workers or max(2, min(4, cpu_count()))
+        if seg.info.background is None:
+            log.warning("the model's classes (%s) name no soil, background or ground class: overlays tint every "
+                        "class and every class gets an area", ", ".join(seg.info.classes))
         self.told: set[object] = set()  # ground sources and resolution warnings already logged
 
     def ground(self, job: Job, shape: tuple[int, int] | None = None) -> Ground:
@@ -169,8 +172,8 @@ class Predictor:
         job = item.job
         row = self.decide(job, mask, item.ground)
         if "overlay" in self.opt.outputs:
-            outputs.atomic_write(job.overlay, outputs.encode_image(outputs.overlay(item.rgb, mask, info.colors),
-                                                                   job.overlay.suffix))
+            picture = outputs.overlay(item.rgb, mask, info.colors, background=info.background)
+            outputs.atomic_write(job.overlay, outputs.encode_image(picture, job.overlay.suffix))
         data = outputs.geotiff_bytes(mask, item.geo) if item.geo else outputs.encode_image(mask, ".png")
         outputs.atomic_write(job.mask, data)  # last: its presence marks the image done
         return {**row, "status": "predicted"}

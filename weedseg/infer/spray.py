@@ -84,7 +84,7 @@ class SprayPlan:
     weed: np.ndarray  # uint8 0/1 weed mask without specks
     cells: list[outputs.GridCell]  # weed cover after dropping specks
     spray: list[bool]
-    class_pixels: dict[str, int]
+    class_pixels: dict[str, int]  # pixels of each class but the background (outputs.area_classes)
 
     def cell_area_px(self, c: outputs.GridCell) -> int:
         return (c.x1 - c.x0) * (c.y1 - c.y0)
@@ -121,8 +121,9 @@ def plan_spray(mask: np.ndarray, classes: list[str], ground: Ground, settings: S
     spray = [bool(c.weed_pct > 0 and c.weed_pct >= settings.threshold_pct) for c in cells]
     if counts is None:
         counts = outputs.class_counts(mask, len(classes))  # in strips: a whole-mask bincount holds 8 bytes a pixel
+    areas = outputs.area_classes(classes)
     return SprayPlan(ground, settings, cell, min_px, weed, cells, spray,
-                     {name: int(n) for name, n in zip(classes[1:], counts[1:])})
+                     {name: int(n) for name, n in zip(classes, counts) if name in areas})
 
 
 def summarize_mask(mask: np.ndarray, classes: list[str], ground: Ground, settings: SpraySettings,
