@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import logging
 import struct
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -20,7 +23,9 @@ from weedseg.cli import main
 from weedseg.data.io import read_rgb
 from weedseg.export import export_onnx
 from weedseg.infer import session
+from weedseg.infer.metadata import ModelInfo
 from weedseg.infer.outputs import read_geo_tags, read_mask
+from weedseg.infer.pipeline import Job, PredictOptions, Predictor
 from weedseg.infer.session import Segmenter
 from weedseg.infer.tiling import predict_logits, predict_tiled, upsample_argmax
 
@@ -37,6 +42,30 @@ def model(trained_run, tmp_path_factory) -> Path:
 def field_image(peanut) -> np.ndarray:
     """A real field photo, downsized to 320 x 240."""
     return cv2.resize(read_rgb(peanut.splits["val"][0].image), (320, 240), interpolation=cv2.INTER_AREA)
+
+
+class FakeSegmenter:
+    """A Segmenter without a model, for tests of the pipeline around it: 'weed' where red dominates, else soil."""
+
+    def __init__(self, folder: Path, short_side: int = 64) -> None:
+        self.path = folder / "fake.onnx"
+        self.path.write_bytes(b"not a model: only hashed for the run record")
+        self.info = ModelInfo("fake", ["soil", "crop", "weed"], [[0, 0, 0], [0, 255, 0], [255, 0, 0]], [0.5] * 3,
+                              [0.25] * 3, 32, short_side, "test")
+        self.calls = 0
+
+    def model_input(self, rgb: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / 255.0
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        weed = batch[:, 0] - batch[:, 1]
+        return np.stack([-weed, np.full_like(weed, -1.0), weed], axis=1)
+
+
+def job_for(path: Path, out: Path) -> Job:
+    return Job(0, path, path.name, out / f"{path.stem}.mask.png", out / f"{path.stem}.overlay.jpg",
+               out / f"{path.stem}.grid.csv")
 
 
 def png_bomb(path: Path) -> None:
@@ -196,3 +225,21 @@ def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(WeedsegError, match="no --model given.*weedseg export"):
         session.resolve_model_path(None)
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_each_ground_message_is_logged_once_whatever_the_threads(tmp_path, caplog):
+    """Reader and writer threads both log ground units: the check and the note of a message are one step."""
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    predictor = Predictor(FakeSegmenter(tmp_path), PredictOptions())
+
+    class SlowSet(set):
+        def __contains__(self, key: object) -> bool:
+            found = super().__contains__(key)
+            time.sleep(0.05)  # widens the gap between looking a message up and noting it
+            return found
+
+    predictor.told = SlowSet()
+    job = job_for(tmp_path / "a.png", tmp_path / "out")
+    with caplog.at_level(logging.INFO, logger="weedseg.infer.pipeline"), ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: predictor.ground(job), range(8)))
+    assert sum("no ground sampling distance" in r.getMessage() for r in caplog.records) == 1

@@ -9,6 +9,7 @@ resumes where it stopped; an image that cannot be read or predicted is reported 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -138,18 +139,25 @@ class Predictor:
         if seg.info.background is None:
             log.warning("the model's classes (%s) name no soil, background or ground class: overlays tint every "
                         "class and every class gets an area", ", ".join(seg.info.classes))
-        self.told: set[object] = set()  # ground sources and resolution warnings already logged
+        self.told: set[object] = set()  # ground sources and resolution warnings already logged (see first_time)
+        self._told_lock = threading.Lock()
+
+    def first_time(self, key: object) -> bool:
+        """True once per `key`: reader and writer threads both log, and each message must appear once."""
+        with self._told_lock:
+            if key in self.told:
+                return False
+            self.told.add(key)
+            return True
 
     def ground(self, job: Job, shape: tuple[int, int] | None = None) -> Ground:
         """The image's ground units, logged once per kind of source; with `shape` (the image's height and
         width), a warning when the model sees it at a GSD far from its training GSD."""
         ground = describe_ground(job.path, self.opt.ground)
-        if ground.source not in self.told:
-            self.told.add(ground.source)
+        if self.first_time(ground.source):
             log.info("%s: %s", job.name, ground.describe())
         check = check_resolution(ground, self.seg.info.train_gsd_cm, shape, self.short_side) if shape else None
-        if check and check.far and check.suggested_short_side not in self.told:
-            self.told.add(check.suggested_short_side)
+        if check and check.far and self.first_time(check.suggested_short_side):
             log.warning("%s is segmented at %.3g cm per pixel but the model was trained at %.3g: segment it with "
                         "--short-side %d (see docs/spray-maps.md)", job.name, check.image_gsd_cm,
                         check.model_gsd_cm, check.suggested_short_side)
