@@ -23,6 +23,7 @@ from weedseg.cli import main
 from weedseg.data.io import read_rgb
 from weedseg.export import export_onnx
 from weedseg.infer import session
+from weedseg.infer.geo import GroundOptions, describe_ground
 from weedseg.infer.metadata import ModelInfo
 from weedseg.infer.outputs import read_geo_tags, read_mask
 from weedseg.infer.pipeline import Job, PredictOptions, Predictor
@@ -204,15 +205,23 @@ def test_upsample_argmax_matches_torch_bilinear():
     assert (got == ref[0].argmax(0).numpy()).mean() > 0.999
 
 
-def test_geotiff_input_gives_georeferenced_mask(model, field_image, tmp_path):
-    geo = {33550: ((0.05, 0.05, 0.0), TiffTags.DOUBLE),
-           33922: ((0.0, 0.0, 0.0, 500000.0, 4100000.0, 0.0), TiffTags.DOUBLE),
-           34735: ((1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), TiffTags.SHORT),
-           34737: ("WGS 84 / UTM zone 33N|", TiffTags.ASCII)}
+GEO_TAGS = {33550: ((0.05, 0.05, 0.0), TiffTags.DOUBLE),
+            33922: ((0.0, 0.0, 0.0, 500000.0, 4100000.0, 0.0), TiffTags.DOUBLE),
+            34735: ((1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), TiffTags.SHORT),
+            34737: ("WGS 84 / UTM zone 33N|", TiffTags.ASCII)}  # 5 cm pixels in UTM zone 33N
+
+
+def write_geotiff(path: Path, rgb: np.ndarray) -> Path:
     ifd = TiffImagePlugin.ImageFileDirectory_v2()
-    for tag, (value, kind) in geo.items():
+    for tag, (value, kind) in GEO_TAGS.items():
         ifd[tag], ifd.tagtype[tag] = value, kind
-    Image.fromarray(field_image).save(tmp_path / "ortho.tif", tiffinfo=ifd)
+    Image.fromarray(rgb).save(path, tiffinfo=ifd)
+    return path
+
+
+def test_geotiff_input_gives_georeferenced_mask(model, field_image, tmp_path):
+    geo = GEO_TAGS
+    write_geotiff(tmp_path / "ortho.tif", field_image)
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "ortho.tif"), "--model", str(model), "--out", str(out)]) == 0
     mask_path = out / "ortho.mask.tif"
@@ -240,6 +249,20 @@ def test_each_ground_message_is_logged_once_whatever_the_threads(tmp_path, caplo
 
     predictor.told = SlowSet()
     job = job_for(tmp_path / "a.png", tmp_path / "out")
+    ground = describe_ground(job.path, GroundOptions())
     with caplog.at_level(logging.INFO, logger="weedseg.infer.pipeline"), ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda _: predictor.ground(job), range(8)))
+        list(pool.map(lambda _: predictor.note_ground(job, ground), range(8)))
     assert sum("no ground sampling distance" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_geotiff_is_opened_once_to_decode_it(tmp_path, monkeypatch):
+    """The reader takes the pixels, the GeoTIFF tags and the ground units from one opening of the file."""
+    tif = write_geotiff(tmp_path / "ortho.tif", np.full((48, 64, 3), 90, np.uint8))
+    job = Job(0, tif, "ortho.tif", tmp_path / "ortho.mask.tif", tmp_path / "ortho.overlay.jpg", tmp_path / "ortho.grid.csv")
+    predictor = Predictor(FakeSegmenter(tmp_path), PredictOptions())
+    opened, real_open = [], Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(fp) or real_open(fp, *a, **k))
+    item = predictor.prepare(job)
+    assert len(opened) == 1
+    assert item.rgb.shape == (48, 64, 3) and item.geo == GEO_TAGS
+    assert (item.ground.source, item.ground.gsd_cm) == ("geotiff", pytest.approx(5.0))

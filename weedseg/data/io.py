@@ -126,7 +126,13 @@ def read_rgb(source: str | Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS, 
     Size and colour are checked from the header before decoding (see `open_checked`).
     """
     with open_checked(source, max_pixels, name) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        return rgb_pixels(im)
+
+
+def rgb_pixels(im: Image.Image) -> np.ndarray:
+    """The pixels of an image opened with `open_checked` (call it inside the `with`, whose checks and messages
+    apply) as HxWx3 uint8 RGB, EXIF orientation applied."""
+    return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
 def read_label_map(path: str | Path) -> np.ndarray:

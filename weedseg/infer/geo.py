@@ -153,11 +153,24 @@ def describe_ground(source: str | Path | BinaryIO | bytes, options: GroundOption
     """The GSD and map transform of an image file (only its header is read)."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            tags = outputs.geo_tags(im)
-            georef = georef_from_tags(tags) if tags else None
-            exif_gsd, how = exif_gsd_cm(im, options) if options.altitude_m else (None, "")
+            return ground_of(im, options)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return Ground(options.gsd_cm, "--gsd" if options.gsd_cm else "none", None, "the image header cannot be read")
+        return _unreadable(options)
+
+
+def _unreadable(options: GroundOptions) -> Ground:
+    return Ground(options.gsd_cm, "--gsd" if options.gsd_cm else "none", None, "the image header cannot be read")
+
+
+def ground_of(im: Image.Image, options: GroundOptions) -> Ground:
+    """`describe_ground` of an image already open, from the header read then (GeoTIFF tags, EXIF): predict's
+    readers open each file once for its size, its ground and its pixels."""
+    try:
+        tags = outputs.geo_tags(im)
+        georef = georef_from_tags(tags) if tags else None
+        exif_gsd, how = exif_gsd_cm(im, options) if options.altitude_m else (None, "")
+    except (OSError, ValueError, SyntaxError):
+        return _unreadable(options)
     if options.gsd_cm:
         return Ground(None, "none", georef).given(options.gsd_cm)
     if georef and georef.metres_per_unit:

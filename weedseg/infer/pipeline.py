@@ -21,11 +21,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import WeedsegError
-from ..data.io import image_size, read_rgb, scan_images
+from ..data.io import image_size, open_checked, rgb_pixels, scan_images
 from ..data.transforms import resize_short_side
 from . import outputs
 from .budget import PixelBudget, return_freed_memory
-from .geo import Ground, GroundOptions, check_resolution, describe_ground
+from .geo import Ground, GroundOptions, check_resolution, describe_ground, ground_of
 from .outdir import DISK_ERRNOS, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
 from .spray import SpraySettings, summarize_mask, write_run_outputs, write_spray_map
@@ -150,10 +150,9 @@ class Predictor:
             self.told.add(key)
             return True
 
-    def ground(self, job: Job, shape: tuple[int, int] | None = None) -> Ground:
+    def note_ground(self, job: Job, ground: Ground, shape: tuple[int, int] | None = None) -> Ground:
         """The image's ground units, logged once per kind of source; with `shape` (the image's height and
         width), a warning when the model sees it at a GSD far from its training GSD."""
-        ground = describe_ground(job.path, self.opt.ground)
         if self.first_time(ground.source):
             log.info("%s: %s", job.name, ground.describe())
         check = check_resolution(ground, self.seg.info.train_gsd_cm, shape, self.short_side) if shape else None
@@ -165,12 +164,16 @@ class Predictor:
 
     # --- reader threads
     def prepare(self, job: Job) -> Prepared:
-        rgb = read_rgb(job.path)
+        """Decode an image and make its model input; the file is opened once, its header giving the GeoTIFF tags
+        and ground units too."""
+        with open_checked(job.path) as im:
+            geo = outputs.geo_tags(im) if job.mask.suffix == ".tif" else None
+            ground = ground_of(im, self.opt.ground)
+            rgb = rgb_pixels(im)
         small = resize_short_side(rgb, self.short_side)
         check_model_pixels(small.shape[1], small.shape[0], self.short_side, name=str(job.path))  # again, as resized
         x = self.seg.model_input(small)
-        return Prepared(job, rgb, x, outputs.read_geo_tags(job.path) if job.mask.suffix == ".tif" else None,
-                        self.ground(job, rgb.shape[:2]))
+        return Prepared(job, rgb, x, geo, self.note_ground(job, ground, rgb.shape[:2]))
 
     # --- writer threads
     def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
@@ -188,7 +191,8 @@ class Predictor:
 
     def summarize_done(self, job: Job) -> dict:
         """The row of an image done before; its grid and spray map are redone for the current settings."""
-        return {**self.decide(job, outputs.read_mask(job.mask), self.ground(job)), "status": "done before"}
+        ground = self.note_ground(job, describe_ground(job.path, self.opt.ground))
+        return {**self.decide(job, outputs.read_mask(job.mask), ground), "status": "done before"}
 
     def decide(self, job: Job, mask: np.ndarray, ground: Ground) -> dict:
         """Summary fields of a mask; writes its weed grid and spray map (cells in metres with a GSD and --cell-m)."""
