@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from weedseg import WeedsegError
-from weedseg.cli import main
-from weedseg.experiment import ExperimentConfig, run_experiment
+from weedseg.cli import build_parser, config_from_args, main
+from weedseg.experiment import PRESETS, ExperimentConfig, run_experiment
 from weedseg.experiment.plan import check_config, finetune_schedule, plan_jobs
 from weedseg.experiment.report import paired_difference, t975
 
@@ -62,6 +62,19 @@ def test_plan_pairs_every_method_by_seed(tmp_path):
     pre = jobs["pretrain selective seed 0"].commands[0]
     assert arg(pre, "--cells") == "64" and arg(pre, "--mask-ratio") == "0.25"
     assert "--init-head" in jobs["fine-tune selective seed 0 labels-100"].commands[0]
+    assert "--images" not in pre
+
+
+def test_pretraining_pools_extra_folders_given_on_the_command_line(tmp_path):
+    args = build_parser().parse_args(["experiment", "--out", str(tmp_path), "--seeds", "1", "--fractions", "1",
+                                      "--pretrain-images", "field_a", "field_b"])
+    cfg = config_from_args(ExperimentConfig, PRESETS, args, "unused")
+    jobs = {j.name: j for j in plan_jobs(cfg)}
+    for method in ("random", "selective"):
+        pre = jobs[f"pretrain {method} seed 0"].commands[0]
+        assert pre[pre.index("--images") + 1: pre.index("--images") + 3] == ["field_a", "field_b"]
+        assert arg(pre, "--dataset") == "peanut"  # pooled with the train split, not instead of it
+    assert "--images" not in jobs["fine-tune random seed 0 labels-100"].commands[0]
 
 
 def test_unfinished_runs_resume_and_changed_settings_are_refused(tmp_path):

@@ -459,6 +459,9 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fractions", type=comma_fractions,
                    help="comma-separated fractions of the labelled training images (default 1,0.25,0.1)")
     p.add_argument("--model", choices=list(MODELS))
+    p.add_argument("--pretrain-images", nargs="+", metavar="FOLDER",
+                   help="folders of unlabelled images that pretraining pools with the dataset's train split "
+                        "(e.g. ../shared/field_data/unlabeled); its val and test images are never used")
     p.add_argument("--pretrain-epochs", type=int, help="E, epochs per selective step (random: same iterations)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs with all labels (fewer labels: more epochs)")
     p.add_argument("--evals-per-run", type=int, help=f"validation passes per fine-tuning run (default {d.evals_per_run})")

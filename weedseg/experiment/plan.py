@@ -36,6 +36,7 @@ class ExperimentConfig:
     seeds: int = 5
     methods: tuple[str, ...] = METHODS
     fractions: tuple[float, ...] = (1.0, 0.25, 0.1)  # of the labelled training images
+    pretrain_images: tuple[str, ...] = ()  # unlabelled image folders pooled with the dataset's train images
     pretrain_epochs: int = 40  # E per selective step; random masking trains as many iterations
     pretrain_warmup_epochs: int = 4
     pretrain_batch_size: int = 8
@@ -120,10 +121,16 @@ def data_args(cfg: ExperimentConfig) -> list[str]:
     return ["--dataset", cfg.dataset] + (["--data-root", cfg.data_root] if cfg.data_root else [])
 
 
+def pretrain_pool_args(cfg: ExperimentConfig) -> list[str]:
+    """The extra unlabelled folders pretraining pools with the dataset's train split (`weedseg pretrain --images`)."""
+    return ["--images", *cfg.pretrain_images] if cfg.pretrain_images else []
+
+
 def pretrain_job(cfg: ExperimentConfig, method: str, seed: int) -> Job:
     folder = Path(cfg.out) / "pretrain" / f"{method}-seed{seed}"
     cmd = weedseg_command(
-        "pretrain", "--method", method, *data_args(cfg), "--budget", cfg.budget, "--model", cfg.model,
+        "pretrain", "--method", method, *data_args(cfg), *pretrain_pool_args(cfg), "--budget", cfg.budget,
+        "--model", cfg.model,
         "--epochs", str(cfg.pretrain_epochs), "--warmup-epochs", str(cfg.pretrain_warmup_epochs),
         "--batch-size", str(cfg.pretrain_batch_size), "--crop", str(cfg.crop), "--seed", str(seed),
         "--mask-ratio", str(cfg.mask_ratio), "--cells", str(cfg.cells),

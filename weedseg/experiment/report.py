@@ -138,7 +138,9 @@ def fmt_ci(diff: dict) -> str:
 def markdown(results: dict, cfg: ExperimentConfig) -> str:
     """The results as Markdown tables (per fraction: methods, then paired differences)."""
     lines = [f"# Experiment: {cfg.dataset}, budget `{cfg.budget}`, model `{cfg.model}`", "",
-             f"Pretraining: {cfg.pretrain_epochs} epochs per selective step, batch {cfg.pretrain_batch_size} "
+             f"Pretraining on the train images"
+             f"{' and ' + ', '.join(cfg.pretrain_images) if cfg.pretrain_images else ''}: "
+             f"{cfg.pretrain_epochs} epochs per selective step, batch {cfg.pretrain_batch_size} "
              f"(random masking: the same iterations). Fine-tuning with all labels: {cfg.finetune_epochs} epochs, "
              f"batch {cfg.finetune_batch_size}. Test mIoU and IoU in points, mean +- sample sd over seeds; "
              "paired differences are means over seeds with their 95 % t interval.", ""]
