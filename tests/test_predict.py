@@ -26,7 +26,7 @@ from weedseg.infer import session
 from weedseg.infer.geo import GroundOptions, describe_ground
 from weedseg.infer.metadata import ModelInfo
 from weedseg.infer.outputs import read_geo_tags, read_mask
-from weedseg.infer.pipeline import Job, PredictOptions, Predictor
+from weedseg.infer.pipeline import Job, PredictOptions, Predictor, predict_path
 from weedseg.infer.session import Segmenter
 from weedseg.infer.tiling import predict_logits, predict_tiled, upsample_argmax
 
@@ -266,3 +266,23 @@ def test_a_geotiff_is_opened_once_to_decode_it(tmp_path, monkeypatch):
     assert len(opened) == 1
     assert item.rgb.shape == (48, 64, 3) and item.geo == GEO_TAGS
     assert (item.ground.source, item.ground.gsd_cm) == ("geotiff", pytest.approx(5.0))
+
+
+def test_missing_grid_or_overlay_is_made_from_the_saved_mask_without_predicting(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    seg, out = FakeSegmenter(tmp_path), tmp_path / "out"
+    predict_path(tmp_path, out, seg, PredictOptions(), progress=False)
+    overlay = (out / "1.overlay.jpg").read_bytes()
+    masks = {p: p.stat().st_mtime_ns for p in out.glob("*.mask.png")}
+    (out / "0.grid.csv").unlink()
+    (out / "1.overlay.jpg").unlink()
+    seg.calls = 0
+    summary = predict_path(tmp_path, out, seg, PredictOptions(), progress=False)
+    assert [r["status"] for r in summary.rows] == ["done before"] * 3 and seg.calls == 0
+    assert (out / "0.grid.csv").is_file() and (out / "1.overlay.jpg").read_bytes() == overlay
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.mask.png")} == masks
+    Image.new("RGB", (32, 32)).save(tmp_path / "2.png")  # replaced since: its mask no longer fits it
+    (out / "2.overlay.jpg").unlink()
+    row = predict_path(tmp_path, out, seg, PredictOptions(), progress=False).rows[2]
+    assert row["status"] == "failed" and "the image changed since it was predicted" in row["error"]

@@ -1,9 +1,10 @@
 """`weedseg predict` over an image or a folder tree: threaded decoding and writing around batched inference.
 
 Reader threads decode and prepare images while the main thread runs the model on batches and
-writer threads upsample, colour and write the results, so the three overlap. An image whose
-outputs all exist is skipped (its summary row is rebuilt from its mask), so an interrupted run
-resumes where it stopped; an image that cannot be read or predicted is reported and skipped.
+writer threads upsample, colour and write the results, so the three overlap. An image whose mask
+exists is not predicted again (its summary row, grid and spray map are rebuilt from the mask, a
+missing overlay is drawn from the photo and the mask), so an interrupted run resumes where it
+stopped; an image that cannot be read or predicted is reported and skipped.
 """
 
 from __future__ import annotations
@@ -69,11 +70,11 @@ class Job:
     overlay: Path
     grid: Path
 
-    def done(self, since: int = 0, wanted: tuple[str, ...] = OUTPUTS) -> bool:
-        """The `wanted` outputs exist, the mask written at or after `since` (ns; older ones predate the run's
-        settings)."""
-        return (("overlay" not in wanted or self.overlay.is_file()) and ("grid" not in wanted or self.grid.is_file())
-                and self.mask.is_file() and self.mask.stat().st_mtime_ns >= since)
+    def done(self, since: int = 0) -> bool:
+        """The mask exists, written at or after `since` (ns; older ones predate the run's settings). The other
+        outputs derive from it (Predictor.summarize_done makes any that are missing), so it alone marks an image
+        done."""
+        return self.mask.is_file() and self.mask.stat().st_mtime_ns >= since
 
     @property
     def spray_map(self) -> Path:
@@ -179,20 +180,36 @@ class Predictor:
     def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
         if mask is None:
             mask = upsample_argmax(logits, *item.rgb.shape[:2])
-        info = self.seg.info
         job = item.job
         row = self.decide(job, mask, item.ground)
         if "overlay" in self.opt.outputs:
-            picture = outputs.overlay(item.rgb, mask, info.colors, background=info.background)
-            outputs.atomic_write(job.overlay, outputs.encode_image(picture, job.overlay.suffix))
+            self.write_overlay(job, item.rgb, mask)
         data = outputs.geotiff_bytes(mask, item.geo) if item.geo else outputs.encode_image(mask, ".png")
         outputs.atomic_write(job.mask, data)  # last: its presence marks the image done
         return {**row, "status": "predicted"}
 
+    def write_overlay(self, job: Job, rgb: np.ndarray, mask: np.ndarray) -> None:
+        info = self.seg.info
+        picture = outputs.overlay(rgb, mask, info.colors, background=info.background)
+        outputs.atomic_write(job.overlay, outputs.encode_image(picture, job.overlay.suffix))
+
     def summarize_done(self, job: Job) -> dict:
-        """The row of an image done before; its grid and spray map are redone for the current settings."""
-        ground = self.note_ground(job, describe_ground(job.path, self.opt.ground))
-        return {**self.decide(job, outputs.read_mask(job.mask), ground), "status": "done before"}
+        """The row of an image done before (its mask exists), without predicting it again: its grid and spray map
+        are redone from the mask for the current settings, and a missing overlay is drawn from the photo and the
+        mask."""
+        mask = outputs.read_mask(job.mask)
+        if "overlay" in self.opt.outputs and not job.overlay.is_file():
+            with open_checked(job.path) as im:
+                ground, rgb = ground_of(im, self.opt.ground), rgb_pixels(im)
+            if rgb.shape[:2] != mask.shape:
+                raise WeedsegError(f"{job.path} is {rgb.shape[1]} x {rgb.shape[0]} but its mask {job.mask} is "
+                                   f"{mask.shape[1]} x {mask.shape[0]}: the image changed since it was predicted; "
+                                   "delete the mask to predict it again")
+            self.write_overlay(job, rgb, mask)
+            del rgb
+        else:
+            ground = describe_ground(job.path, self.opt.ground)
+        return {**self.decide(job, mask, self.note_ground(job, ground)), "status": "done before"}
 
     def decide(self, job: Job, mask: np.ndarray, ground: Ground) -> dict:
         """Summary fields of a mask; writes its weed grid and spray map (cells in metres with a GSD and --cell-m)."""
@@ -284,11 +301,12 @@ class Predictor:
                 else:
                     submit_write(item.job, self.finish, item, logits, mask)
 
-            todo = [j for j in jobs if self.opt.overwrite or not j.done(since, self.opt.outputs)]
+            done = {j.index for j in jobs if not self.opt.overwrite and j.done(since)}  # decided once per job
+            todo = [j for j in jobs if j.index not in done]
             for job in jobs:
                 if stopped:
                     break
-                if not self.opt.overwrite and job.done(since, self.opt.outputs):
+                if job.index in done:
                     try:
                         width, height = image_size(job.path)
                     except WeedsegError:
