@@ -6,6 +6,7 @@ import csv
 import logging
 import struct
 import time
+import tracemalloc
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,8 +61,11 @@ class FakeSegmenter:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1
-        weed = batch[:, 0] - batch[:, 1]
-        return np.stack([-weed, np.full_like(weed, -1.0), weed], axis=1)
+        logits = np.empty((len(batch), 3, *batch.shape[2:]), np.float32)  # nothing else: no model's working memory
+        np.subtract(batch[:, 0], batch[:, 1], out=logits[:, 2])
+        np.negative(logits[:, 2], out=logits[:, 0])
+        logits[:, 1] = -1.0
+        return logits
 
 
 def job_for(path: Path, out: Path) -> Job:
@@ -258,7 +262,8 @@ def test_each_ground_message_is_logged_once_whatever_the_threads(tmp_path, caplo
 def test_a_geotiff_is_opened_once_to_decode_it(tmp_path, monkeypatch):
     """The reader takes the pixels, the GeoTIFF tags and the ground units from one opening of the file."""
     tif = write_geotiff(tmp_path / "ortho.tif", np.full((48, 64, 3), 90, np.uint8))
-    job = Job(0, tif, "ortho.tif", tmp_path / "ortho.mask.tif", tmp_path / "ortho.overlay.jpg", tmp_path / "ortho.grid.csv")
+    job = Job(0, tif, "ortho.tif", tmp_path / "ortho.mask.tif", tmp_path / "ortho.overlay.jpg",
+              tmp_path / "ortho.grid.csv")
     predictor = Predictor(FakeSegmenter(tmp_path), PredictOptions())
     opened, real_open = [], Image.open
     monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(fp) or real_open(fp, *a, **k))
@@ -286,3 +291,18 @@ def test_missing_grid_or_overlay_is_made_from_the_saved_mask_without_predicting(
     (out / "2.overlay.jpg").unlink()
     row = predict_path(tmp_path, out, seg, PredictOptions(), progress=False).rows[2]
     assert row["status"] == "failed" and "the image changed since it was predicted" in row["error"]
+
+
+def test_the_memory_budget_counts_what_a_job_holds(tmp_path):
+    """Predictor.cost, in bytes, covers what predict allocates for an image (numpy arrays, traced): here a small
+    photo enlarged to the model's short side of 480, so the float32 input, its batch copy and the logits dominate."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    seg = FakeSegmenter(tmp_path, short_side=480)
+    cost = Predictor(seg, PredictOptions()).cost(job_for(tmp_path / "a.png", tmp_path / "out"))
+    tracemalloc.start()
+    try:
+        predict_path(tmp_path / "a.png", tmp_path / "out", seg, PredictOptions(workers=1), progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seg.calls == 1 and 640 * 480 * 24 < peak <= cost  # measured 36 bytes a model pixel: input, batch, logits

@@ -31,7 +31,7 @@ from weedseg.cli import main, metrics_path
 from weedseg.data.io import RUN_MANIFEST, read_rgb
 from weedseg.export import export_checkpoint, export_onnx, save_with_metadata
 from weedseg.infer import image, outdir, outputs
-from weedseg.infer.budget import PixelBudget
+from weedseg.infer.budget import MemoryBudget
 from weedseg.infer.image import SessionBudget, decode_image
 from weedseg.infer.metadata import ModelInfo
 from weedseg.infer.session import Segmenter
@@ -111,7 +111,7 @@ def test_onnx_metadata_resolution_out_of_range_is_refused(model):
 
 
 def test_read_ahead_is_bounded_in_pixels():
-    budget = PixelBudget(100)
+    budget = MemoryBudget(100)
     assert budget.try_take(60) and not budget.try_take(60) and budget.try_take(40)
     budget.give(100)
     assert budget.try_take(500)  # larger than the whole budget: let in alone

@@ -1,4 +1,4 @@
-"""A budget of pixels in flight, which bounds the memory of the predict pipeline whatever the input folder."""
+"""A budget of bytes in flight, which bounds the memory of the predict pipeline whatever the input folder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import threading
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
-class PixelBudget:
-    """Pixels of the images being decoded, predicted or written, kept at or under `limit`.
+class MemoryBudget:
+    """Bytes held by the images being decoded, predicted or written (as the pipeline counts them from their
+    headers), kept at or under `limit`.
 
     An image larger than the whole limit is let in only when nothing else is in flight.
     """
@@ -18,27 +19,27 @@ class PixelBudget:
         self.limit, self.used = limit, 0
         self._cond = threading.Condition()
 
-    def _fits(self, pixels: int) -> bool:
-        return self.used == 0 or self.used + pixels <= self.limit
+    def _fits(self, amount: int) -> bool:
+        return self.used == 0 or self.used + amount <= self.limit
 
-    def try_take(self, pixels: int) -> bool:
-        """Reserve `pixels` if they fit now; False (nothing reserved) if they do not."""
+    def try_take(self, amount: int) -> bool:
+        """Reserve `amount` if it fits now; False (nothing reserved) if it does not."""
         with self._cond:
-            if not self._fits(pixels):
+            if not self._fits(amount):
                 return False
-            self.used += pixels
+            self.used += amount
             return True
 
-    def take(self, pixels: int) -> None:
-        """Reserve `pixels`, waiting for `give` calls of other threads until they fit."""
+    def take(self, amount: int) -> None:
+        """Reserve `amount`, waiting for `give` calls of other threads until it fits."""
         with self._cond:
-            self._cond.wait_for(lambda: self._fits(pixels))
-            self.used += pixels
+            self._cond.wait_for(lambda: self._fits(amount))
+            self.used += amount
 
-    def give(self, pixels: int) -> None:
-        """Return pixels reserved earlier."""
+    def give(self, amount: int) -> None:
+        """Return an amount reserved earlier."""
         with self._cond:
-            self.used -= pixels
+            self.used -= amount
             self._cond.notify_all()
 
 

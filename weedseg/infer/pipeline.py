@@ -25,7 +25,7 @@ from .. import WeedsegError
 from ..data.io import image_size, open_checked, rgb_pixels, scan_images
 from ..data.transforms import resize_short_side
 from . import outputs
-from .budget import PixelBudget, return_freed_memory
+from .budget import MemoryBudget, return_freed_memory
 from .geo import Ground, GroundOptions, check_resolution, describe_ground, ground_of
 from .outdir import DISK_ERRNOS, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
@@ -34,12 +34,26 @@ from .tiling import MAX_MODEL_PIXELS, check_model_pixels, predict_logits, predic
 
 log = logging.getLogger(__name__)
 
-# Pixels of the images decoded, predicted or being written at once, a model-resolution pixel counting
-# MODEL_PIXEL_WEIGHT (held as float32 input and logits: about 4 times the bytes of an image pixel); with the
-# per-image limits this bounds predict's memory whatever the folder holds (docs/reliability.md).
-IN_FLIGHT_PIXELS = 60_000_000
-MODEL_PIXEL_WEIGHT = 4
+# Bytes held at once by the images decoded, predicted or being written, counted from each image's header before it
+# is decoded; with the per-image limits this bounds predict's memory whatever the folder holds (docs/reliability.md).
+# Per image pixel, the most held at once (IMAGE_PIXEL_BYTES): decoding (data.io.rgb_pixels) holds Pillow's pixels
+# (4 bytes), the copies exif_transpose and convert("RGB") make (4 + 4, the first freed before tobytes) and tobytes'
+# chunks and their join (3 + 3), then the uint8 RGB array (3): 14; writing holds the array, the class mask (1), the
+# overlay (3) and the BGR copy it is encoded from (3): 10.
+# Per model-resolution pixel (model_pixel_bytes): the float32 input (3 x 4 bytes, held until the image is written;
+# making it briefly takes the resized uint8 image and a second float32 copy, 15 more), during the model call its
+# copy in the stacked batch and, for sides not a multiple of the size multiple, the padded copy (12 + 12), then
+# float32 logits (4 per class, held until the image is written): 36 + 4 x classes, 48 for soil / crop / weed.
+# Not counted: the engine's own working memory (one model call at a time) and the tiled path's bands (bounded by
+# the tile size).
+IN_FLIGHT_BYTES = 840_000_000  # 60 million image pixels, the budget before bytes: four 12-megapixel photos at once
+IMAGE_PIXEL_BYTES = 14
 OUTPUTS = ("mask", "overlay", "grid")  # the files `--outputs` chooses from, per image
+
+
+def model_pixel_bytes(classes: int) -> int:
+    """Bytes a model-resolution pixel holds in predict at most: float32 input, its batch and padded copies, logits."""
+    return 3 * 4 * 3 + 4 * classes
 
 
 @dataclass
@@ -197,10 +211,10 @@ class Predictor:
         """The row of an image done before (its mask exists), without predicting it again: its grid and spray map
         are redone from the mask for the current settings, and a missing overlay is drawn from the photo and the
         mask."""
-        mask = outputs.read_mask(job.mask)
         if "overlay" in self.opt.outputs and not job.overlay.is_file():
-            with open_checked(job.path) as im:
+            with open_checked(job.path) as im:  # decoded before the mask is read: IMAGE_PIXEL_BYTES covers both
                 ground, rgb = ground_of(im, self.opt.ground), rgb_pixels(im)
+            mask = outputs.read_mask(job.mask)
             if rgb.shape[:2] != mask.shape:
                 raise WeedsegError(f"{job.path} is {rgb.shape[1]} x {rgb.shape[0]} but its mask {job.mask} is "
                                    f"{mask.shape[1]} x {mask.shape[0]}: the image changed since it was predicted; "
@@ -208,7 +222,7 @@ class Predictor:
             self.write_overlay(job, rgb, mask)
             del rgb
         else:
-            ground = describe_ground(job.path, self.opt.ground)
+            ground, mask = describe_ground(job.path, self.opt.ground), outputs.read_mask(job.mask)
         return {**self.decide(job, mask, self.note_ground(job, ground)), "status": "done before"}
 
     def decide(self, job: Job, mask: np.ndarray, ground: Ground) -> dict:
@@ -222,11 +236,12 @@ class Predictor:
 
     # --- main thread
     def cost(self, job: Job) -> int:
-        """Pixels `job` counts while in flight (image plus weighted model input), from its header, which is checked
-        first: size, colour and the model resolution's size (WeedsegError before anything is decoded)."""
+        """Bytes `job` holds while in flight (IMAGE_PIXEL_BYTES per image pixel, model_pixel_bytes per model pixel),
+        from its header, which is checked first: size, colour and the model resolution's size (WeedsegError before
+        anything is decoded)."""
         width, height = image_size(job.path)
         mw, mh = check_model_pixels(width, height, self.short_side, MAX_MODEL_PIXELS, str(job.path))
-        return width * height + MODEL_PIXEL_WEIGHT * mw * mh
+        return IMAGE_PIXEL_BYTES * width * height + model_pixel_bytes(len(self.seg.info.classes)) * mw * mh
 
     def fits_whole(self, item: Prepared) -> bool:
         return max(item.x.shape[1:]) <= self.opt.tile
@@ -242,11 +257,11 @@ class Predictor:
     def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True,
             since: int = 0) -> None:
         """Predict every job (skipping those done at or after `since` unless overwrite); `on_row` gets each image's
-        summary row. At most IN_FLIGHT_PIXELS are decoded, predicted or being written at once. A disk that cannot
-        take the outputs (full, read-only) stops the run with a WeedsegError."""
+        summary row. The images decoded, predicted or being written hold at most IN_FLIGHT_BYTES at once. A disk that
+        cannot take the outputs (full, read-only) stops the run with a WeedsegError."""
         bar = tqdm(total=len(jobs), unit="img", desc="predicting", disable=not progress, smoothing=0.1)
         prefetch = 2 * self.workers + self.opt.batch_size
-        budget, costs = PixelBudget(IN_FLIGHT_PIXELS), {}
+        budget, costs = MemoryBudget(IN_FLIGHT_BYTES), {}
         stopped: list[OSError] = []
 
         def report(job: Job, fut: Future) -> None:
@@ -311,7 +326,7 @@ class Predictor:
                         width, height = image_size(job.path)
                     except WeedsegError:
                         width = height = 0  # the mask is read and reported all the same
-                    costs[job.index] = width * height
+                    costs[job.index] = IMAGE_PIXEL_BYTES * width * height  # its mask, and photo for a missing overlay
                     budget.take(costs[job.index])
                     submit_write(job, self.summarize_done, job)
             reads: deque[tuple[Job, Future]] = deque()
