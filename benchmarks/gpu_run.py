@@ -11,7 +11,9 @@ selective` on the pool (peanut train + unlabelled photos; scoring on the device)
 --nproc_per_node 1` and `evaluate`; the table of benchmarks/training.py; then the experiment (scratch
 vs random vs selective masking, paired seeds, all and 10 % of the peanut labels) with epochs chosen
 so that the whole run fits. OUT receives summary.md and gpu_run.tar.gz (logs, JSON results, tables;
-no checkpoints). Working files go to --work. See docs/results.md.
+no checkpoints). Working files go to --work. Ctrl-C or SIGTERM stops the stages that are running (each runs in
+its own session, out of reach of the terminal's Ctrl-C) and still writes the summary and the tarball. See
+docs/results.md.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +54,7 @@ KEPT_SUFFIXES = {".json", ".jsonl", ".md", ".log", ".csv", ".txt"}  # what the t
 MAX_KEPT_BYTES = 16 << 20
 MIN_STAGE_SECONDS = 5.0  # a stage with less time left than this is skipped
 SKIPPED = "left out with --skip"
+INTERRUPTED = "stopped by Ctrl-C or SIGTERM"
 STAGES = ("train", "export-int8", "predict", "pretrain-selective", "torchrun", "evaluate", "throughput", "experiment")
 
 
@@ -262,15 +266,57 @@ class Outcome:
     note: str  # the log line that shows what ran, or why it did not pass
 
 
+# The stage processes running now. Each leads its own process group in its own session (so that a stage past
+# its limit is stopped with everything it started), which also keeps the terminal's Ctrl-C from reaching it:
+# gpu_run stops them itself when it is interrupted (stop_stages).
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+_interrupted = threading.Event()  # set by stop_stages: no stage starts after it
+
+
+def stop_groups(procs: list[subprocess.Popen]) -> None:
+    """Stop stages and every process they started: Ctrl-C first (runs save their progress), then, after up to 20 s
+    (at once on a second Ctrl-C), kill what is left."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+    try:
+        end = time.monotonic() + 20
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.0, end - time.monotonic()))
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def stop_group(proc: subprocess.Popen) -> None:
-    """Stop a stage and every process it started: Ctrl-C first (runs save their progress), then kill what is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    """Stop a stage and every process it started (see stop_groups)."""
+    stop_groups([proc])
+
+
+def stop_stages() -> None:
+    """On Ctrl-C or SIGTERM: stop every stage running (in either smoke lane or this thread); none starts after."""
+    with _running_lock:
+        _interrupted.set()
+        procs = list(_running)
+    stop_groups(procs)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """Within the block, SIGTERM (`kill`, a job scheduler) raises KeyboardInterrupt as Ctrl-C does, so both stop
+    the stages and let the summary be written (by default SIGTERM ends Python at once, leaving the stages)."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def log_lines(text: str) -> list[str]:
@@ -279,9 +325,13 @@ def log_lines(text: str) -> list[str]:
 
 
 def run_stage(stage: Stage, logs: Path, deadline: float, env: dict[str, str]) -> Outcome:
-    """Run a stage's command (its own process group) until it ends or its limit or the deadline passes."""
+    """Run a stage's command (its own process group) until it ends or its limit or the deadline passes. A Ctrl-C
+    (or SIGTERM, see sigterm_as_ctrl_c) while it waits in the main thread stops every running stage (stop_stages)
+    and returns 'interrupted': the caller ends the run."""
     if stage.skip:
         return Outcome(stage.name, "skipped", 0.0, SKIPPED)
+    if _interrupted.is_set():
+        return Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
     limit = min(stage.seconds, deadline - time.monotonic())
     if limit < MIN_STAGE_SECONDS:
         return Outcome(stage.name, "skipped", 0.0, "no time left")
@@ -290,15 +340,28 @@ def run_stage(stage: Stage, logs: Path, deadline: float, env: dict[str, str]) ->
     with log.open("w") as f:
         f.write(f"$ {shlex.join(stage.command)}\n")
         f.flush()
-        proc = subprocess.Popen(stage.command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=REPO, env=env, start_new_session=True)
+        with _running_lock:  # with the check, so that no stage starts once stop_stages has run
+            if _interrupted.is_set():
+                return Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
+            proc = subprocess.Popen(stage.command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=REPO, env=env, start_new_session=True)
+            _running.add(proc)
         try:
             code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             stop_group(proc)
             code = None
+        except KeyboardInterrupt:
+            stop_stages()
+            code = proc.wait()
+        finally:
+            with _running_lock:
+                _running.discard(proc)
     seconds = time.monotonic() - start
     lines = log_lines(log.read_text(errors="replace"))
+    if code and _interrupted.is_set():
+        return Outcome(stage.name, "interrupted", seconds, f"{INTERRUPTED} after {seconds:.0f} s; last line: "
+                                                           f"{lines[-1][:200]}")
     if code is None:
         return Outcome(stage.name, "timed out", seconds, f"stopped after {limit:.0f} s; last line: {lines[-1][:200]}")
     if code:
@@ -316,7 +379,9 @@ def run_lane(stages: list[Stage], logs: Path, deadline: float, env: dict[str, st
     outcomes: dict[str, Outcome] = {}
     for stage in stages:
         need = outcomes.get(stage.needs) if stage.needs else None
-        if need is not None and need.note == SKIPPED:
+        if _interrupted.is_set():
+            outcomes[stage.name] = Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
+        elif need is not None and need.note == SKIPPED:
             outcomes[stage.name] = Outcome(stage.name, "skipped", 0.0, SKIPPED)
         elif need is not None and need.status != "ok":
             outcomes[stage.name] = Outcome(stage.name, "skipped", 0.0, f"needs {stage.needs}, which did not pass")
@@ -462,25 +527,36 @@ def run_stages(s: Setting, args: argparse.Namespace, data_root: Path, work: Path
     for stage in [*(stage for lane in lanes for stage in lane), bench, experiment]:
         stage.skip = stage.name in args.skip
 
+    def here(stage: Stage, until: float) -> None:
+        """Run a stage in this thread, where a Ctrl-C lands, and report it; one that was interrupted ends the run."""
+        outcomes.append(run_stage(stage, logs, until, env))
+        print(stage_table(outcomes)[-1], flush=True)
+        if _interrupted.is_set():
+            raise KeyboardInterrupt
+
     begin, smoke_deadline = datetime.now(), min(deadline, time.monotonic() + s.smoke_seconds)
     with ThreadPoolExecutor(len(lanes)) as pool:
-        outcomes += [o for lane in pool.map(lambda l: run_lane(l, logs, smoke_deadline, env), lanes) for o in lane]
+        running = [pool.submit(run_lane, lane, logs, smoke_deadline, env) for lane in lanes]
+        try:
+            wait(running)
+        except KeyboardInterrupt:  # the lanes' stages are stopped first: leaving the block waits for the lanes
+            stop_stages()
+            raise
+        finally:  # what the lanes did is reported, also when interrupted
+            outcomes += [o for lane in running for o in lane.result()]
     phases.append(("smoke tests", begin, datetime.now()))
     print("\n".join(stage_table(outcomes)), flush=True)
 
     begin = datetime.now()
-    outcomes.append(run_stage(bench, logs, deadline, env))
+    here(bench, deadline)
     phases.append(("throughput", begin, datetime.now()))
-    print(stage_table(outcomes)[-1], flush=True)
 
     begin = datetime.now()
-    outcomes.append(run_stage(experiment, logs, deadline, env))
+    here(experiment, deadline)
     phases.append(("experiment", begin, datetime.now()))
-    print(stage_table(outcomes)[-1], flush=True)
     if outcomes[-1].status == "timed out":  # the tables of the runs that finished
-        report = Stage("experiment-report", [*experiment.command, "--report-only"], s.reserve_seconds, ("results:",))
-        outcomes.append(run_stage(report, logs, t0 + s.seconds, env))
-        print(stage_table(outcomes)[-1], flush=True)
+        here(Stage("experiment-report", [*experiment.command, "--report-only"], s.reserve_seconds, ("results:",)),
+             t0 + s.seconds)
 
 
 def write_summary(path: Path, args: argparse.Namespace, device: str, started: datetime, t0: float, s: Setting,
@@ -506,7 +582,8 @@ def write_summary(path: Path, args: argparse.Namespace, device: str, started: da
 
 def run(args: argparse.Namespace) -> int:
     """The whole run; returns 0 when every stage passed (or was left out with --skip), 1 otherwise; the
-    summary is written either way."""
+    summary is written either way. On Ctrl-C or SIGTERM the running stages are stopped, the summary is written
+    and KeyboardInterrupt goes on up (main returns 130)."""
     s = TINY if args.tiny else FULL
     if args.skip - set(STAGES):
         raise WeedsegError(f"--skip takes stage names ({', '.join(STAGES)}), got {', '.join(sorted(args.skip))}")
@@ -528,9 +605,15 @@ def run(args: argparse.Namespace) -> int:
     outcomes: list[Outcome] = []
     phases: list[tuple[str, datetime, datetime]] = []
     monitor = start_gpu_monitor(work / "logs" / "gpu.csv")
+    _interrupted.clear()
     try:
-        run_stages(s, args, data_root, work, device, config, t0, outcomes, phases)
-    finally:  # what ran is reported even when the run stops part way (Ctrl-C, an error)
+        with sigterm_as_ctrl_c():
+            run_stages(s, args, data_root, work, device, config, t0, outcomes, phases)
+    except KeyboardInterrupt:
+        stop_stages()  # any still running (run_stage and run_stages stop them where the interrupt lands)
+        raise
+    finally:  # what ran is reported even when the run stops part way (Ctrl-C, SIGTERM, an error)
+        _interrupted.clear()  # every stage has ended: a later run in this process starts afresh
         if monitor is not None:
             monitor.terminate()
             monitor.wait()
@@ -583,6 +666,9 @@ def main() -> int:
     except WeedsegError as exc:
         print(f"gpu_run: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("gpu_run: interrupted: the running stages were stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

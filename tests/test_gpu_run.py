@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -157,6 +160,76 @@ def test_summary_is_written_without_git_and_when_the_stages_stop(tmp_path, field
         gpu_run.run(args)
     assert "| train | ok | 1.0 | trained |" in (out / "summary.md").read_text()
     assert (out / "gpu_run.tar.gz").is_file()
+
+
+def sleeper(gpu_run, name: str):
+    """A stage that prints its process group and sleeps (SIGINT ends it at once)."""
+    return gpu_run.Stage(name, ["bash", "-c", "echo started $$; sleep 30"], 120.0)
+
+
+def group_gone(log: Path) -> bool:
+    """Whether no process is left in the process group a sleeper's log names."""
+    pgid = int(log.read_text().split()[-1])
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def sigterm_when_running(gpu_run, count: int) -> None:
+    """Send this process SIGTERM, as `kill` would, once `count` stages run (after 3 s at the latest)."""
+    def send() -> None:
+        end = time.monotonic() + 3
+        while len(getattr(gpu_run, "_running", ())) < count and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.5)  # their commands have started
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
+def test_an_interrupt_stops_the_stage_running_in_the_main_thread(tmp_path):
+    gpu_run = load_gpu_run()
+    start = time.monotonic()
+    try:
+        with gpu_run.sigterm_as_ctrl_c():
+            sigterm_when_running(gpu_run, 1)
+            outcome = gpu_run.run_stage(sleeper(gpu_run, "sleeper"), tmp_path, float("inf"), {})
+        assert outcome.status == "interrupted" and outcome.note.startswith("stopped by Ctrl-C or SIGTERM")
+        assert gpu_run.run_stage(sleeper(gpu_run, "next"), tmp_path, float("inf"), {}).note == gpu_run.INTERRUPTED
+    finally:
+        gpu_run._interrupted.clear()
+    assert time.monotonic() - start < 15 and group_gone(tmp_path / "sleeper.log")
+
+
+def test_sigterm_stops_the_stages_of_both_lanes_and_the_summary_is_written(tmp_path, field_data, monkeypatch):
+    gpu_run = load_gpu_run()
+    lanes = [[sleeper(gpu_run, "sleeper-a"), gpu_run.Stage("after-a", ["true"], 10.0)], [sleeper(gpu_run, "sleeper-b")]]
+    monkeypatch.setattr(gpu_run, "smoke_lanes", lambda *args: lanes)
+    args = argparse.Namespace(tiny=True, skip={"throughput", "experiment"}, data_root=str(field_data),
+                              work=str(tmp_path / "work"), out=str(tmp_path / "out"), experiment_epochs=None)
+    unhandled = []
+
+    def fallback(signum, frame):  # the default would end pytest: gpu_run.run must handle SIGTERM itself
+        unhandled.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, fallback)
+    start = time.monotonic()
+    try:
+        sigterm_when_running(gpu_run, 2)
+        with pytest.raises(KeyboardInterrupt):
+            gpu_run.run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not unhandled and time.monotonic() - start < 20
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| sleeper-a | interrupted |" in summary and "| sleeper-b | interrupted |" in summary
+    assert "| after-a | skipped | 0.0 | stopped by Ctrl-C or SIGTERM |" in summary
+    logs = tmp_path / "work" / "logs"
+    assert group_gone(logs / "sleeper-a.log") and group_gone(logs / "sleeper-b.log")
+    assert not (logs / "after-a.log").exists()
 
 
 @pytest.mark.slow
