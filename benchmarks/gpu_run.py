@@ -235,7 +235,7 @@ def describe_plan(cfg: ExperimentConfig, train_images: int, estimate: float | No
     runs = cfg.seeds * (len(pretrained) + len(cfg.methods) * len(cfg.fractions))
     timing = f"estimated {estimate:.0f} s" if estimate is not None else "epochs fixed"
     return (f"experiment: {cfg.model}, {cfg.seeds} paired seed(s) x {', '.join(cfg.methods)}; pretraining on the "
-            f"{train_images} peanut training photos (weedseg experiment takes no extra pretraining images yet): "
+            f"{train_images} peanut training photos only: "
             f"{cfg.pretrain_epochs} epochs per selective step (warm-up {cfg.pretrain_warmup_epochs}) = "
             f"{sum(it for _, it in steps)} iterations of batch {cfg.pretrain_batch_size}, random masking the same "
             f"iterations; fine-tuning at batch {cfg.finetune_batch_size}, {finetune}; {runs} runs, {cfg.jobs} at a "
