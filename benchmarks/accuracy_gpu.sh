@@ -6,13 +6,14 @@
 #   benchmarks/gpu_run.sh --make-data ../shared/field_data gpu_acc --short-side 480 --quality 85 --unlabeled 0
 #   benchmarks/accuracy_gpu.sh gpu_acc OUT            # on the GPU machine; OUT gets a few tarballs
 #
-# Settings by environment: WAVE (1: schedule, init, width; 2: losses), DEVICE (cuda), LONG / SHORT
-# (iterations: 8000 / 2800), WORKERS (2 per run),
+# Settings by environment: WAVE (1: schedule, init, width; 2: losses; 3: recipe E longer, from scratch, with
+# 384 px crops), DEVICE (cuda), LONGER / LONG / SHORT (iterations: 16000 / 8000 / 2800),
+# WORKERS (2 per run),
 # DEADLINE (seconds after which unfinished runs are stopped and packed: 450), BENCH (1: throughput table
 # when time is left).
 set -u
 data=$1 out=$2
-py=${PYTHON:-python3} device=${DEVICE:-cuda} long=${LONG:-8000} short=${SHORT:-2800}
+py=${PYTHON:-python3} device=${DEVICE:-cuda} longer=${LONGER:-16000} long=${LONG:-8000} short=${SHORT:-2800}
 wave=${WAVE:-1} workers=${WORKERS:-2} deadline=${DEADLINE:-450} bench=${BENCH:-1}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 OPENCV_FOR_THREADS_NUM=1
 work=runs/gpu-acc
@@ -36,13 +37,23 @@ if [ "$wave" = 1 ]; then jobs=(
     "qf-$short-s0 --iterations $short --seed 0"
     "qf-$short-s1 --iterations $short --seed 1"
     "qf-$short-s2 --iterations $short --seed 2"
-); else jobs=(
+); elif [ "$wave" = 2 ]; then jobs=(
     "qfd-$long-s0 --iterations $long --seed 0 --loss focal+dice"
     "qfd-$long-s1 --iterations $long --seed 1 --loss focal+dice"
     "qfd-$long-s2 --iterations $long --seed 2 --loss focal+dice"
     "qfw-$long-s1 --iterations $long --seed 1 --loss jaccard+ce --class-weights auto"
     "qfw-$long-s2 --iterations $long --seed 2 --loss jaccard+ce --class-weights auto"
-); fi
+); else jobs=(  # the cpu preset is recipe E (focal + Dice) since wave 2
+    "qfd-$longer-s0 --iterations $longer --seed 0"
+    "qfd-$longer-s1 --iterations $longer --seed 1"
+    "qfd-$longer-s2 --iterations $longer --seed 2"
+    "qsd-$long-s0 --iterations $long --seed 0 --init scratch"
+    "qsd-$long-s1 --iterations $long --seed 1 --init scratch"
+    "qsd-$long-s2 --iterations $long --seed 2 --init scratch"
+    "qfd384-$long-s0 --iterations $long --seed 0 --crop 384"
+    "qfd384-$long-s1 --iterations $long --seed 1 --crop 384"
+    "qfd384-$long-s2 --iterations $long --seed 2 --crop 384"
+); fi  # no ResNet-34 here: its 98 MB checkpoint cannot come back from the GPU machine (16 MiB a file) to be scored
 for job in "${jobs[@]}"; do
     read -r name flags <<<"$job"
     # shellcheck disable=SC2086
@@ -68,4 +79,4 @@ for group in $(for job in "${jobs[@]}"; do echo "${job%%-s[0-9]* *}"; done | sor
     tar -czf "$out/$group.tar.gz" "$work/$group"-s*/best.pt 2>/dev/null
 done
 ls -la "$out"
-cat "$work/summary.txt" "$work/training.md" 2>/dev/null
+cat "$work/summary.txt" "$work/training.md" 2>/dev/null || true
