@@ -270,6 +270,11 @@ class Outcome:
 # its limit is stopped with everything it started), which also keeps the terminal's Ctrl-C from reaching it:
 # gpu_run stops them itself when it is interrupted (stop_stages).
 _running: set[subprocess.Popen] = set()
+# Stages start through this: Ctrl-C (SIGINT) back to its default first. A program started in the background by a
+# shell (`gpu_run.sh ... &`, nohup) has SIGINT ignored, and every process it starts inherits that, so stop_groups'
+# Ctrl-C would not reach the stages and each would wait 20 s to be killed, losing its progress.
+DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execvp(sys.argv[1], sys.argv[1:])"]
 _running_lock = threading.Lock()
 _interrupted = threading.Event()  # set by stop_stages: no stage starts after it
 
@@ -343,8 +348,8 @@ def run_stage(stage: Stage, logs: Path, deadline: float, env: dict[str, str]) ->
         with _running_lock:  # with the check, so that no stage starts once stop_stages has run
             if _interrupted.is_set():
                 return Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
-            proc = subprocess.Popen(stage.command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=REPO, env=env, start_new_session=True)
+            proc = subprocess.Popen(DEFAULT_SIGINT + stage.command, stdout=f, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=REPO, env=env, start_new_session=True)
             _running.add(proc)
         try:
             code = proc.wait(timeout=limit)
