@@ -47,6 +47,7 @@ from weedseg.data.transforms import resize_short_side
 from weedseg.experiment import ExperimentConfig, run_experiment
 from weedseg.experiment.plan import finetune_schedule
 from weedseg.infer.engines import cpu_name
+from weedseg.processes import sigterm_as_ctrl_c, with_default_sigint
 from weedseg.ssl.pretrain import PretrainConfig, plan_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,11 +271,6 @@ class Outcome:
 # its limit is stopped with everything it started), which also keeps the terminal's Ctrl-C from reaching it:
 # gpu_run stops them itself when it is interrupted (stop_stages).
 _running: set[subprocess.Popen] = set()
-# Stages start through this: Ctrl-C (SIGINT) back to its default first. A program started in the background by a
-# shell (`gpu_run.sh ... &`, nohup) has SIGINT ignored, and every process it starts inherits that, so stop_groups'
-# Ctrl-C would not reach the stages and each would wait 20 s to be killed, losing its progress.
-DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                  "os.execvp(sys.argv[1], sys.argv[1:])"]
 _running_lock = threading.Lock()
 _interrupted = threading.Event()  # set by stop_stages: no stage starts after it
 
@@ -310,20 +306,6 @@ def stop_stages() -> None:
     stop_groups(procs)
 
 
-@contextlib.contextmanager
-def sigterm_as_ctrl_c():
-    """Within the block, SIGTERM (`kill`, a job scheduler) raises KeyboardInterrupt as Ctrl-C does, so both stop
-    the stages and let the summary be written (by default SIGTERM ends Python at once, leaving the stages)."""
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def log_lines(text: str) -> list[str]:
     """A log's lines, progress-bar redraws split apart, blanks dropped."""
     return [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
@@ -348,7 +330,7 @@ def run_stage(stage: Stage, logs: Path, deadline: float, env: dict[str, str]) ->
         with _running_lock:  # with the check, so that no stage starts once stop_stages has run
             if _interrupted.is_set():
                 return Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
-            proc = subprocess.Popen(DEFAULT_SIGINT + stage.command, stdout=f, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(with_default_sigint(stage.command), stdout=f, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=REPO, env=env, start_new_session=True)
             _running.add(proc)
         try:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -13,8 +17,10 @@ import pytest
 from weedseg import WeedsegError
 from weedseg.cli import build_parser, config_from_args, main
 from weedseg.experiment import PRESETS, ExperimentConfig, run_experiment
-from weedseg.experiment.plan import check_config, finetune_schedule, plan_jobs
+from weedseg.experiment.plan import Job, check_config, finetune_schedule, plan_jobs
 from weedseg.experiment.report import paired_difference, t975
+from weedseg.experiment.runner import run_jobs
+from weedseg.processes import sigterm_as_ctrl_c
 
 
 def test_paired_difference_interval_by_hand():
@@ -113,6 +119,28 @@ def test_missing_dataset_and_ctrl_c_are_clear_errors(tmp_path, capsys, monkeypat
     root = write_nassar(tmp_path / "nassar", tiles=10)
     code = main(["experiment", "--dataset", "nassar", "--data-root", str(root), "--out", str(tmp_path / "exp2")])
     assert code == 2 and "interrupted; finished runs are kept" in capsys.readouterr().err
+
+
+def test_sigterm_stops_running_jobs_at_once_even_when_started_in_the_background(tmp_path):
+    """Started with `&` or nohup, the experiment has SIGINT ignored and its runs inherited that: the Ctrl-C it
+    sends them to stop did nothing (each was killed after 60 s), and SIGTERM ended it and left them running."""
+    jobs = [Job(f"sleeper {k}", tmp_path / f"j{k}", [["sleep", "30"]], tmp_path / f"j{k}" / "done") for k in range(2)]
+    unhandled = []
+
+    def fallback(signum, frame):  # the default would end pytest
+        unhandled.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, fallback)
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt), sigterm_as_ctrl_c():
+            run_jobs(jobs, parallel=2, threads=1, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    assert not unhandled and time.monotonic() - start < 15
 
 
 def write_nassar(root: Path, tiles: int = 30) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import WeedsegError
 from ..data import open_dataset
+from ..processes import sigterm_as_ctrl_c
 from .plan import PRESETS, ExperimentConfig, check_config, default_jobs, plan_jobs
 from .report import write_report
 from .runner import log_tail, run_jobs
@@ -43,7 +44,8 @@ def run_experiment(cfg: ExperimentConfig, report_only: bool = False) -> dict:
               f"{parallel} at a time with {threads} thread(s) each. Logs: <run folder>/job.log. "
               f"Ctrl-C stops it; the same command continues it.")
         try:
-            failed = run_jobs(jobs, parallel, threads)
+            with sigterm_as_ctrl_c():  # `kill` stops the runs as Ctrl-C does, rather than leaving them going
+                failed = run_jobs(jobs, parallel, threads)
         except KeyboardInterrupt:
             raise WeedsegError("interrupted; finished runs are kept and unfinished ones resume from their last "
                                "saved epoch: run the same command again to continue") from None

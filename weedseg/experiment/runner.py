@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..processes import sigterm_as_ctrl_c, with_default_sigint
 from .plan import Job
 
 
@@ -27,7 +28,8 @@ def run_job(job: Job, threads: int, running: dict[str, subprocess.Popen]) -> int
         for cmd in job.commands:
             log.write(f"\n$ {' '.join(cmd)}   # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            proc = subprocess.Popen(with_default_sigint(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env)
             running[job.name] = proc
             code = proc.wait()
             running.pop(job.name, None)
@@ -38,7 +40,9 @@ def run_job(job: Job, threads: int, running: dict[str, subprocess.Popen]) -> int
 
 def run_jobs(jobs: list[Job], parallel: int, threads: int, progress: bool = True) -> list[Job]:
     """Run the jobs not yet done, `parallel` at a time with `threads` CPU threads each, in list order as
-    far as their needs allow. Returns the jobs that failed (or could not start because a need failed)."""
+    far as their needs allow. Returns the jobs that failed (or could not start because a need failed).
+    On Ctrl-C (or SIGTERM under processes.sigterm_as_ctrl_c) the running jobs get Ctrl-C too (each keeps its
+    saved progress) and KeyboardInterrupt is raised."""
     done = {j.name for j in jobs if j.done}
     todo = [j for j in jobs if not j.done]
     failed: list[Job] = []
