@@ -76,8 +76,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     defaults = TrainConfig()
     p = sub.add_parser("train", help=TRAINING_COMMANDS["train"],
                        description="Train a crop/weed segmentation model. A --budget preset sets the model and "
-                                   "schedule; any flag given overrides it. Ctrl-C keeps every finished epoch: "
-                                   "continue with --resume.")
+                                   "schedule; any flag given overrides it. Progress is saved after each validation "
+                                   "and at least every 30 s; after Ctrl-C continue with --resume.")
     p.add_argument("--dataset", choices=DATASETS, help="labelled dataset to use (default peanut)")
     p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, field_data/, ../shared/field_data/)")
     p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
