@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from weedseg.checkpoint import load_checkpoint, model_from_checkpoint
-from weedseg.data import EvalResize, SegmentationDataset, open_dataset
-from weedseg.evaluate import model_short_side
+from weedseg.data import EvalResize
+from weedseg.evaluate import evaluation_set, model_short_side
 
 LIMIT, BINS = 12.0, 960  # logit differences clipped to +-LIMIT, in BINS bins of 0.025
 CROP_OFFSETS = np.round(np.arange(-1.0, 1.51, 0.125), 3)
@@ -32,10 +32,8 @@ def histograms(ckpt_path: str, dataset: str, data_root: str | None, split: str) 
     if ckpt["classes"] != ["soil", "crop", "weed"]:
         raise SystemExit(f"{ckpt_path}: classes {ckpt['classes']}, this probe needs soil, crop, weed")
     model = model_from_checkpoint(ckpt).eval()
-    data = open_dataset(dataset, data_root, need=(split,))
-    norm = ckpt["normalization"]
-    ds = SegmentationDataset(data.layout, data.splits[split], EvalResize(model_short_side(ckpt), True, None),
-                             norm["mean"], norm["std"])
+    _, ds = evaluation_set(ckpt, dataset, data_root=data_root, split=split,
+                           resize=EvalResize(model_short_side(ckpt), full_res_mask=True))
     counts = np.zeros((3, BINS, BINS), np.int64)
     with torch.no_grad():
         for i in range(len(ds)):

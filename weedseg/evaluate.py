@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from . import WeedsegError
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import EvalResize, SegmentationDataset, open_dataset
+from .data import EvalResize, LabelledData, SegmentationDataset, open_dataset
 from .metrics import ConfusionMatrix
 from .runtime import channels_last, resolve_device, to_device
 
@@ -60,11 +60,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, split: str = "test
         short_side = model_short_side(ckpt)
     dev = resolve_device(device)
     model = channels_last(model_from_checkpoint(ckpt).to(dev))
-    data = open_dataset(dataset, data_root, need=(split,))
+    data, ds = evaluation_set(ckpt, dataset, split, data_root, EvalResize(short_side, full_res, score_short_side))
     order = class_order(ckpt["classes"], data.classes)
-    norm = ckpt["normalization"]
-    resize = EvalResize(short_side, full_res, score_short_side)
-    ds = SegmentationDataset(data.layout, data.splits[split], resize, norm["mean"], norm["std"])
     cm = evaluate_model(model, ds, len(data.classes), dev, progress=True, order=order, tta=tta)
     summary = cm.summary(data.classes)
     summary.update(
@@ -76,6 +73,14 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, split: str = "test
         + f", model input {'native' if short_side == 0 else f'short side {short_side}'}",
     )
     return summary
+
+
+def evaluation_set(ckpt: dict, dataset: str, split: str, data_root: str | None,
+                   resize: EvalResize) -> tuple[LabelledData, SegmentationDataset]:
+    """The dataset and one split of it, resized by `resize` and normalised as the checkpoint's model expects."""
+    data = open_dataset(dataset, data_root, need=(split,))
+    norm = ckpt["normalization"]
+    return data, SegmentationDataset(data.layout, data.splits[split], resize, norm["mean"], norm["std"])
 
 
 def class_order(model_classes: list[str], data_classes: list[str]) -> list[int] | None:
