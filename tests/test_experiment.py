@@ -99,6 +99,8 @@ def test_unfinished_runs_resume_and_changed_settings_are_refused(tmp_path):
         check_config(ExperimentConfig(out=str(tmp_path), methods=("scratch", "mae")))
     with pytest.raises(WeedsegError, match="--jobs must be 0"):
         check_config(ExperimentConfig(out=str(tmp_path / "other"), jobs=-1))
+    with pytest.raises(WeedsegError, match="--pretrain-images: no folder .*nowhere"):  # before any run starts
+        check_config(ExperimentConfig(out=str(tmp_path / "other"), pretrain_images=(str(tmp_path / "nowhere"),)))
 
 
 def test_missing_dataset_and_ctrl_c_are_clear_errors(tmp_path, capsys, monkeypatch):

@@ -189,6 +189,9 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise WeedsegError("need at least 1 seed and label fractions in (0, 1]")
     if cfg.jobs < 0:
         raise WeedsegError(f"--jobs must be 0 (automatic) or more, got {cfg.jobs}")
+    missing = [f for f in cfg.pretrain_images if not Path(f).is_dir()]
+    if missing:
+        raise WeedsegError(f"--pretrain-images: no folder {', '.join(missing)}")
     saved = Path(cfg.out) / "experiment.json"
     if saved.is_file():
         now = json.loads(json.dumps(asdict(cfg)))
