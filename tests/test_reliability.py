@@ -11,7 +11,6 @@ import errno
 import fcntl
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -22,13 +21,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from streamlit.testing.v1 import AppTest
 
 from weedseg import WeedsegError
 from weedseg.checkpoint import load_checkpoint, model_from_checkpoint, model_metadata, save_checkpoint
 from weedseg.cli import main, metrics_path
-from weedseg.data.io import RUN_MANIFEST, read_rgb
+from weedseg.data.io import DECODE_PIXEL_BYTES, RUN_MANIFEST, read_rgb
 from weedseg.export import export_checkpoint, export_onnx, save_with_metadata
 from weedseg.infer import image, outdir, outputs
 from weedseg.infer.budget import MemoryBudget
@@ -420,3 +419,33 @@ def test_unusual_colour_images_are_converted(tmp_path):
     cv2.imwrite(str(tmp_path / "float.tif"), rgb.astype(np.float32) / 255)  # 3-band float: not read by Pillow
     with pytest.raises(WeedsegError, match="TIFFs with floating-point .* save it as 8- or 16-bit RGB"):
         read_rgb(tmp_path / "float.tif")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak RSS from /proc (Linux)")
+@pytest.mark.parametrize("kind", ["jpeg", "rotated jpeg", "rgba png"])
+def test_decoding_holds_at_most_decode_pixel_bytes(kind, tmp_path):
+    """read_rgb's peak memory per pixel, from a fresh process's peak RSS (it held 14 bytes a pixel before it
+    copied the pixels out band by band), and the pixels it returns."""
+    rng = np.random.default_rng(2)
+    rgb = cv2.resize(rng.integers(0, 256, (30, 40, 3), np.uint8), (4000, 3000), interpolation=cv2.INTER_NEAREST)
+    image = Image.fromarray(rgb)
+    path = tmp_path / ("x.png" if kind == "rgba png" else "x.jpg")
+    if kind == "rotated jpeg":
+        exif = image.getexif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+        image.save(path, exif=exif, quality=95)
+    else:
+        (image.convert("RGBA") if kind == "rgba png" else image).save(path, **({} if kind == "rgba png" else
+                                                                              {"quality": 95}))
+    probe = ("import re, sys; from pathlib import Path; from weedseg.data.io import read_rgb\n"
+             "def peak(): return int(re.search(r'VmHWM:\\s*(\\d+)', Path('/proc/self/status').read_text())[1])\n"
+             "before = peak(); a = read_rgb(sys.argv[1])\n"  # peak RSS of this process alone, in KiB
+             "print(a.shape[0], a.shape[1], (peak() - before) * 1024 / (a.shape[0] * a.shape[1]))")
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True)
+    height, width, per_pixel = done.stdout.split()
+    assert (int(height), int(width)) == ((4000, 3000) if kind == "rotated jpeg" else (3000, 4000))
+    assert float(per_pixel) <= DECODE_PIXEL_BYTES, f"{per_pixel} bytes a pixel"
+    decoded = read_rgb(path)
+    with Image.open(path) as im:
+        assert np.array_equal(decoded, np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+    assert not decoded.flags.writeable

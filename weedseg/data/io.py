@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused from their header, before decoding
+# rgb_pixels holds at most about 8 bytes a pixel: Pillow's decoded pixels (4 in every colour mode) and, while an
+# EXIF rotation replaces them, the rotated copy (4); then the pixels and the array it returns (3), converted to
+# RGB band by band; 9 leaves room for the decoders' own buffers
+DECODE_PIXEL_BYTES = 9
+BAND_PIXELS = 1_000_000  # rgb_pixels copies into its array this many pixels at a time
 RUN_MANIFEST = "weedseg-run.json"  # `weedseg predict` writes it into --out; such folders are never read as input
 
 
@@ -131,8 +136,18 @@ def read_rgb(source: str | Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS, 
 
 def rgb_pixels(im: Image.Image) -> np.ndarray:
     """The pixels of an image opened with `open_checked` (call it inside the `with`, whose checks and messages
-    apply) as HxWx3 uint8 RGB, EXIF orientation applied."""
-    return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    apply) as a read-only HxWx3 uint8 RGB array, EXIF orientation applied (to `im` itself).
+
+    Copied out band by band, so at most DECODE_PIXEL_BYTES a pixel are held at once."""
+    ImageOps.exif_transpose(im, in_place=True)
+    width, height = im.size
+    out = np.empty((height, width, 3), np.uint8)
+    rows = max(1, BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        band = im.crop((0, top, width, min(height, top + rows)))
+        out[top:top + rows] = np.asarray(band if band.mode == "RGB" else band.convert("RGB"))
+    out.flags.writeable = False  # as np.asarray(image) would be: cached decodes must not be changed in place
+    return out
 
 
 def read_label_map(path: str | Path) -> np.ndarray:

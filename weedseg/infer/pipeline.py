@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import WeedsegError
-from ..data.io import image_size, open_checked, rgb_pixels, scan_images
+from ..data.io import DECODE_PIXEL_BYTES, image_size, open_checked, rgb_pixels, scan_images
 from ..data.transforms import resize_short_side
 from . import outputs
 from .budget import MemoryBudget, return_freed_memory
@@ -36,18 +36,17 @@ log = logging.getLogger(__name__)
 
 # Bytes held at once by the images decoded, predicted or being written, counted from each image's header before it
 # is decoded; with the per-image limits this bounds predict's memory whatever the folder holds (docs/reliability.md).
-# Per image pixel, the most held at once (IMAGE_PIXEL_BYTES): decoding (data.io.rgb_pixels) holds Pillow's pixels
-# (4 bytes), the copies exif_transpose and convert("RGB") make (4 + 4, the first freed before tobytes) and tobytes'
-# chunks and their join (3 + 3), then the uint8 RGB array (3): 14; writing holds the array, the class mask (1), the
-# overlay (3) and the BGR copy it is encoded from (3): 10.
+# Per image pixel, the most held at once (IMAGE_PIXEL_BYTES): decoding holds data.io.DECODE_PIXEL_BYTES (9);
+# writing holds the uint8 RGB array (3), the class mask (1), the overlay (3) and the BGR copy it is encoded from
+# (3): 10.
 # Per model-resolution pixel (model_pixel_bytes): the float32 input (3 x 4 bytes, held until the image is written;
 # making it briefly takes the resized uint8 image and a second float32 copy, 15 more), during the model call its
 # copy in the stacked batch and, for sides not a multiple of the size multiple, the padded copy (12 + 12), then
 # float32 logits (4 per class, held until the image is written): 36 + 4 x classes, 48 for soil / crop / weed.
 # Not counted: the engine's own working memory (one model call at a time) and the tiled path's bands (bounded by
 # the tile size).
-IN_FLIGHT_BYTES = 840_000_000  # 60 million image pixels, the budget before bytes: four 12-megapixel photos at once
-IMAGE_PIXEL_BYTES = 14
+IN_FLIGHT_BYTES = 840_000_000  # seven 12-megapixel photos at once (four when decoding took 14 bytes a pixel)
+IMAGE_PIXEL_BYTES = max(DECODE_PIXEL_BYTES, 3 + 1 + 3 + 3)
 OUTPUTS = ("mask", "overlay", "grid")  # the files `--outputs` chooses from, per image
 
 
