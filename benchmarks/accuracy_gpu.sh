@@ -3,12 +3,13 @@
 # the CPU's augmentation is the limit), then an optional quiet throughput table. Results are scored on the
 # CPU afterwards, at full resolution, from the original photos (docs/accuracy.md says how).
 #
-#   benchmarks/gpu_run.sh --make-data ../shared/field_data gpu_acc --short-side 480 --quality 85 --unlabeled 0
+#   benchmarks/gpu_run.sh --make-data ../shared/field_data gpu_acc --short-side 480 --quality 85 --unlabeled 0 \
+#       --test-short-side 48      # the test photos only as placeholders: test is scored on the CPU machine
 #   benchmarks/accuracy_gpu.sh gpu_acc OUT            # on the GPU machine; OUT gets a few tarballs
 #
-# Settings by environment: WAVE (1: schedule, init, width; 2: losses; 3: recipe E longer, from scratch, with
-# 384 px crops), DEVICE (cuda), LONGER / LONG / SHORT (iterations: 16000 / 8000 / 2800),
-# WORKERS (2 per run),
+# Settings by environment: WAVE (1: schedule, init, width; 2: losses; 3: recipe E twice as long, and the
+# ResNet-34 U-Net; 4: recipe E from scratch, and with 384 px crops), DEVICE (cuda), LONGER / LONG / SHORT
+# (iterations: 16000 / 8000 / 2800), WORKERS (2 per run; the longer runs of wave 3 get 2.5 times as many),
 # DEADLINE (seconds after which unfinished runs are stopped and packed: 450), BENCH (1: throughput table
 # when time is left).
 set -u
@@ -43,17 +44,22 @@ if [ "$wave" = 1 ]; then jobs=(
     "qfd-$long-s2 --iterations $long --seed 2 --loss focal+dice"
     "qfw-$long-s1 --iterations $long --seed 1 --loss jaccard+ce --class-weights auto"
     "qfw-$long-s2 --iterations $long --seed 2 --loss jaccard+ce --class-weights auto"
-); else jobs=(  # the cpu preset is recipe E (focal + Dice) since wave 2
-    "qfd-$longer-s0 --iterations $longer --seed 0"
-    "qfd-$longer-s1 --iterations $longer --seed 1"
-    "qfd-$longer-s2 --iterations $longer --seed 2"
+); elif [ "$wave" = 3 ]; then jobs=(  # the cpu preset is recipe E (focal + Dice) since wave 2
+    # the longer runs get more loader processes: the others end first, then these have the CPUs to themselves
+    "qfd-$longer-s0 --iterations $longer --seed 0 --workers $((workers * 5 / 2))"
+    "qfd-$longer-s1 --iterations $longer --seed 1 --workers $((workers * 5 / 2))"
+    "qfd-$longer-s2 --iterations $longer --seed 2 --workers $((workers * 5 / 2))"
+    "r34sd-$long-s0 --iterations $long --seed 0 --init scratch --model unet-resnet34"
+    "r34sd-$long-s1 --iterations $long --seed 1 --init scratch --model unet-resnet34"
+    "r34sd-$long-s2 --iterations $long --seed 2 --init scratch --model unet-resnet34"
+); else jobs=(
     "qsd-$long-s0 --iterations $long --seed 0 --init scratch"
     "qsd-$long-s1 --iterations $long --seed 1 --init scratch"
     "qsd-$long-s2 --iterations $long --seed 2 --init scratch"
     "qfd384-$long-s0 --iterations $long --seed 0 --crop 384"
     "qfd384-$long-s1 --iterations $long --seed 1 --crop 384"
     "qfd384-$long-s2 --iterations $long --seed 2 --crop 384"
-); fi  # no ResNet-34 here: its 98 MB checkpoint cannot come back from the GPU machine (16 MiB a file) to be scored
+); fi
 for job in "${jobs[@]}"; do
     read -r name flags <<<"$job"
     # shellcheck disable=SC2086
@@ -72,10 +78,12 @@ if [ "$bench" = 1 ] && [ "$(left)" -gt 60 ]; then
         --data-root "$data" --json "$work/training.json" >"$work/training.md" 2>&1
 fi
 
-# logs and metrics in one tarball, then each group's checkpoints in one (at most 4 quarter models: < 16 MiB)
+# logs and metrics in one tarball, then each group's checkpoints in one (at most 4 quarter models: < 16 MiB).
+# A ResNet-34 checkpoint (98 MB) cannot come back (16 MiB a file): its validation mIoU in metrics.jsonl is
+# compared with the others' (`benchmarks/accuracy_report.py`, "val in training").
 tar -czf "$out/logs.tar.gz" "$work"/*.txt "$work"/*.log "$work"/*.md "$work"/*.json "$work"/*/metrics.jsonl \
     "$work"/*/config.json 2>/dev/null
-for group in $(for job in "${jobs[@]}"; do echo "${job%%-s[0-9]* *}"; done | sort -u); do
+for group in $(for job in "${jobs[@]}"; do echo "${job%%-s[0-9]* *}"; done | grep -v '^r34' | sort -u); do
     tar -czf "$out/$group.tar.gz" "$work/$group"-s*/best.pt 2>/dev/null
 done
 ls -la "$out"

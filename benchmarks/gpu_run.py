@@ -86,19 +86,22 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def make_data(src: Path, dst: Path, short_side: int, quality: int, unlabeled: int, max_mb: float) -> str:
+def make_data(src: Path, dst: Path, short_side: int, quality: int, unlabeled: int, max_mb: float,
+              test_short_side: int | None = None) -> str:
     """Build DST in SRC's layout, smaller: DST/peanut (every peanut photo downscaled, masks nearest-neighbour,
     same names, so the committed split applies) and DST/unlabeled (`unlabeled` photos spread evenly over
-    SRC/unlabeled's folders), for `--data-root DST` and `pretrain --dataset peanut --images DST/unlabeled`."""
+    SRC/unlabeled's folders), for `--data-root DST` and `pretrain --dataset peanut --images DST/unlabeled`.
+    `test_short_side` shrinks the test split further: runs that are scored elsewhere need only its names."""
     if dst.exists() and any(dst.iterdir()):
         raise WeedsegError(f"{dst} exists and is not empty; remove it or choose another folder")
     peanut = open_dataset("peanut", src)
-    samples = [s for split in peanut.splits.values() for s in split]
-    for sample in samples:
-        image = downscaled(read_rgb(sample.image), short_side)
+    samples = [(s, name) for name, split in peanut.splits.items() for s in split]
+    for sample, split in samples:
+        side = test_short_side if split == "test" and test_short_side else short_side
+        image = downscaled(read_rgb(sample.image), side)
         write_image(dst / "peanut" / "images" / sample.image.name, image, quality)
         write_image(dst / "peanut" / "labels" / sample.mask.with_suffix(".png").name,
-                    downscaled(read_label_map(sample.mask), short_side, nearest=True), quality)
+                    downscaled(read_label_map(sample.mask), side, nearest=True), quality)
     groups = sorted(p for p in (src / "unlabeled").glob("*") if p.is_dir())
     if unlabeled and not groups:
         raise WeedsegError(f"{src / 'unlabeled'} holds no folders of photos; pass --unlabeled 0 to leave them out")
@@ -113,13 +116,15 @@ def make_data(src: Path, dst: Path, short_side: int, quality: int, unlabeled: in
                            (src / "unlabeled" / "README.md", dst / "unlabeled" / "README.md")]:
         if readme.is_file() and target.parent.is_dir():
             shutil.copyfile(readme, target)  # sources, licences and attributions travel with the photos
+    test_note = (f" The test photos and masks are only {test_short_side} px on the short side: score test on the "
+                 "original photos." if test_short_side else "")
     (dst / "README.md").write_text(
         "# Small copy of weedseg's field data for benchmarks/gpu_run.sh (git-ignored: never commit it)\n\n"
         f"Made by `benchmarks/gpu_run.sh --make-data {src} {dst} --short-side {short_side} --quality {quality} "
-        f"--unlabeled {unlabeled}`.\n\n"
+        f"--unlabeled {unlabeled}{f' --test-short-side {test_short_side}' if test_short_side else ''}`.\n\n"
         f"- `peanut/`: the {len(samples)} peanut photos and masks (CC BY-SA 4.0, see peanut/README.md), short side "
         f"at most {short_side} px, JPEG quality {quality}, masks resized nearest-neighbour; same names, so the "
-        "committed split applies.\n"
+        f"committed split applies.{test_note}\n"
         f"- `unlabeled/`: {copied} photos for pretraining, short side at most {short_side} px (sources, licences "
         "and attribution in unlabeled/README.md).\n")
     mb = folder_bytes(dst) / 1e6
@@ -628,6 +633,9 @@ def main() -> int:
     parser.add_argument("--short-side", type=int, default=384, help="--make-data: short side of the photos (px)")
     parser.add_argument("--quality", type=int, default=75, help="--make-data: JPEG quality")
     parser.add_argument("--unlabeled", type=int, default=400, help="--make-data: unlabelled photos for pretraining")
+    parser.add_argument("--test-short-side", type=int,
+                        help="--make-data: shrink the test split's photos to this short side, to save room when test "
+                             "is scored on the original photos elsewhere (default: --short-side)")
     parser.add_argument("--max-mb", type=float, default=45,
                         help="--make-data: refuse a larger folder (the GPU machine takes 64 MiB with the checkout)")
     parser.add_argument("--data-root", default="gpu_data", help="the folder --make-data built")
@@ -647,7 +655,7 @@ def main() -> int:
             return 0
         if args.make_data:
             print(make_data(Path(args.make_data[0]), Path(args.make_data[1]), args.short_side, args.quality,
-                            args.unlabeled, args.max_mb))
+                            args.unlabeled, args.max_mb, args.test_short_side))
             return 0
         return run(args)
     except WeedsegError as exc:

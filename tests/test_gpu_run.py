@@ -87,6 +87,13 @@ def test_make_data_keeps_the_layout_and_split_and_refuses_too_big_or_used_folder
     with pytest.raises(WeedsegError, match="over --max-mb 0.01: remove it and make it again"):
         gpu_run.make_data(src, tmp_path / "big", 30, 75, 0, 0.01)
 
+    gpu_run.make_data(src, tmp_path / "small-test", 30, 75, 0, 45, test_short_side=12)  # test scored elsewhere
+    small = open_dataset("peanut", tmp_path / "small-test")
+    assert cv2.imread(str(small.splits["test"][0].image)).shape == (12, 16, 3)
+    assert cv2.imread(str(small.splits["test"][0].mask)).shape == (12, 16, 3)
+    assert cv2.imread(str(small.splits["val"][0].image)).shape == (30, 40, 3)
+    assert "--test-short-side 12" in (tmp_path / "small-test" / "README.md").read_text()
+
 
 def test_planned_epochs_fit_the_allotted_time_and_grow_with_it():
     gpu_run = load_gpu_run()
