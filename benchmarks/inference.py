@@ -192,7 +192,7 @@ def main() -> int:
     print(f"checkpoint {args.checkpoint} ({results['model']}), {results['cores']} cores, {args.threads} threads, "
           f"ORT {ort.__version__} {fp32.provider}, torch {torch.__version__}; load {results['load_before']:.2f} "
           f"before, {results['load_after']:.2f} after")
-    print(f"mIoU val (short side 256): FP32 {100 * report['miou_fp32']:.2f}, INT8 {100 * report['miou_int8']:.2f}\n")
+    print(f"mIoU val (at the model's input resolution, as export scores it): FP32 {100 * report['miou_fp32']:.2f}, INT8 {100 * report['miou_int8']:.2f}\n")
     print(f"OpenVINO {results.get('openvino', 'not installed')}, CPU bf16: {results.get('bf16', '-')}; "
           f"--engine auto picks {results['auto']}\n")
     print("| size | engine | images/s (median of %d) | vs torch eager | masks as ORT FP32 |" % args.runs)
