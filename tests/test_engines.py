@@ -103,9 +103,10 @@ def test_predict_outputs_mask_only_then_all(tmp_path, peanut_root):
     out = tmp_path / "out"
     assert main(["predict", str(image), "--out", str(out), "--outputs", "mask", "--engine", "onnxruntime"]) == 0
     assert (out / f"{image.stem}.mask.png").is_file()
-    assert not (out / f"{image.stem}.overlay.jpg").exists() and not (out / f"{image.stem}.grid.csv").exists()
+    rest = [out / f"{image.stem}.{kind}" for kind in ("overlay.jpg", "grid.csv", "spray.geojson")]
+    assert not any(p.exists() for p in rest)
     assert main(["predict", str(image), "--out", str(out), "--engine", "onnxruntime"]) == 0  # the rest is added
-    assert (out / f"{image.stem}.overlay.jpg").is_file() and (out / f"{image.stem}.grid.csv").is_file()
+    assert all(p.is_file() for p in rest)
     with pytest.raises(SystemExit):  # a usage error
         main(["predict", str(image), "--out", str(out), "--outputs", "mask,spray"])
 

@@ -227,10 +227,10 @@ class Predictor:
     def decide(self, job: Job, mask: np.ndarray, ground: Ground) -> dict:
         """Summary fields of a mask; writes its weed grid and spray map (cells in metres with a GSD and --cell-m)."""
         row, cells, plan = summarize_mask(mask, self.seg.info.classes, ground, self.opt.spray, self.opt.grid_cell)
-        if "grid" in self.opt.outputs:
+        if "grid" in self.opt.outputs:  # the spray map comes with the grid
             outputs.atomic_write(job.grid, outputs.grid_csv(cells, plan.spray if plan else None))
-        if plan is not None:
-            write_spray_map(job.spray_map, plan, job.name)
+            if plan is not None:
+                write_spray_map(job.spray_map, plan, job.name)
         return row
 
     # --- main thread
@@ -272,7 +272,8 @@ class Predictor:
                     stopped.append(exc)
             budget.give(costs.pop(job.index, 0))
             mask = job.mask.relative_to(out).as_posix() if row["status"] != "failed" else ""
-            spray_map = job.spray_map.relative_to(out).as_posix() if "spray_cells" in row else ""
+            spray_map = (job.spray_map.relative_to(out).as_posix()
+                         if "spray_cells" in row and "grid" in self.opt.outputs else "")
             on_row(job, {"image": job.name, "mask": mask, "spray_map": spray_map, **row})
             bar.update()
 
