@@ -227,6 +227,11 @@ def test_rerun_with_another_model_or_options_refuses_instead_of_mixing(model, tm
     assert predict(tmp_path / "in", "--model", model, "--out", out) == 0
     manifest = json.loads((out / RUN_MANIFEST).read_text())
     assert manifest["model"]["sha256"] == outdir.file_sha256(model) and manifest["options"]["short_side"] == 64
+    assert manifest["input"] == str((tmp_path / "in").resolve()) and manifest["model"]["classes"] == info.classes
+
+    photo(tmp_path / "elsewhere" / "a.png")  # the same name from another folder must not pass as done
+    assert predict(tmp_path / "elsewhere", "--model", model, "--out", out) == 2
+    assert f"photos from {(tmp_path / 'in').resolve()} -> {(tmp_path / 'elsewhere').resolve()}" in capsys.readouterr().err
 
     assert predict(tmp_path / "in", "--model", other, "--out", out) == 2
     assert "holds outputs made with other settings (model model.onnx" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from . import WeedsegError, distributed
 from .checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from .data import EvalResize, SeededSampler, SegmentationDataset, TrainAugment, channel_stats, open_dataset
+from .data.pseudo import add_pseudo_labels
 from .evaluate import evaluate_model
 from .losses import build_loss, inverse_sqrt_frequency_weights
 from .models import count_parameters, create_model
@@ -54,6 +55,7 @@ class TrainConfig:
     eval_every: int = 0  # validate every N epochs; 0: automatic, about 40 validations per run
     smooth_evals: int = 3  # best.pt = the weights where the mean of the last N validation mIoUs peaks
     train_fraction: float = 1.0
+    pseudo_labels: tuple[str, ...] = ()  # `weedseg predict` output folders whose masks join the train split
     seed: int = 0
     workers: int = -1  # -1: automatic
     device: str = "auto"
@@ -144,6 +146,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     if pretrained is not None:
         check_init_model(pretrained, cfg.model, init_path)
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.train_fraction)
+    if cfg.pseudo_labels:
+        labelled = len(data.splits["train"])
+        added = add_pseudo_labels(data.splits, list(cfg.pseudo_labels), data.classes)
+        if main:
+            print(f"pseudo-labels: {added} predicted photos train beside the {labelled} labelled ones", flush=True)
     num_classes = len(data.classes)
     train_ds = SegmentationDataset(data.layout, data.splits["train"], augmentation(cfg), [0.0] * 3, [1.0] * 3)
     train_ds.preload("loading train images")

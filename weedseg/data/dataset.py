@@ -41,7 +41,7 @@ class SegmentationDataset(Dataset):
             return self._cache[index]
         sample = self.samples[index]
         image = read_rgb(sample.image)
-        mask = self.layout.decode_mask(sample.mask)
+        mask = self.layout.decode_sample_mask(sample)
         check_same_size(image, mask, sample.image, sample.mask)
         return image, mask
 

@@ -7,6 +7,7 @@ rather than segmented into meaningless results.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -31,6 +32,15 @@ MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused from their header, be
 DECODE_PIXEL_BYTES = 9
 BAND_PIXELS = 1_000_000  # rgb_pixels copies into its array this many pixels at a time
 RUN_MANIFEST = "weedseg-run.json"  # `weedseg predict` writes it into --out; such folders are never read as input
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:

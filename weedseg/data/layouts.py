@@ -27,11 +27,13 @@ MaskValue = int | tuple[int, int, int]  # a class index, or an (R, G, B) colour
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: a stable id, the image path and the mask path."""
+    """One labelled image: a stable id, the image path and the mask path (`predicted`: a class-index mask
+    written by `weedseg predict`, a pseudo-label, rather than one in the dataset's own format)."""
 
     id: str
     image: Path
     mask: Path
+    predicted: bool = False
 
 
 @dataclass
@@ -49,6 +51,14 @@ class Layout:
 
     def decode_mask(self, path: Path) -> np.ndarray:
         raise NotImplementedError
+
+    def decode_sample_mask(self, sample: Sample) -> np.ndarray:
+        """The class indices of a sample's mask: a pseudo-label holds them as they are, in this layout's class order."""
+        if sample.predicted:
+            indices = list(range(len(self.classes)))
+            return decode_values(read_label_map(sample.mask), "index", indices, None,
+                                 f"class indices 0-{len(self.classes) - 1} (a `weedseg predict` mask)", sample.mask)
+        return self.decode_mask(sample.mask)
 
     def pairs(self) -> tuple[list[Sample], list[Path], list[Path]]:
         """The samples, the images without a mask and the masks without an image (where the layout can tell)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import WeedsegError
-from ..data.io import RUN_MANIFEST
+from ..data.io import RUN_MANIFEST, file_sha256
 from .outputs import atomic_write
 
 FORMAT = "weedseg.predict-run/1"
@@ -24,18 +23,11 @@ MIN_FREE_BYTES = 100_000_000
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # no image can be written
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def run_record(model: Path, options: dict) -> dict:
-    """What RUN_MANIFEST says made the outputs: the model file's hash and the options that change them."""
-    return {"format": FORMAT, "model": {"file": model.name, "sha256": file_sha256(model)}, "options": options}
+def run_record(model: Path, classes: list[str], input_root: Path, options: dict) -> dict:
+    """What RUN_MANIFEST says made the outputs: the model file's hash and classes, the folder whose photos the
+    outputs' names are relative to, and the options that change the outputs."""
+    return {"format": FORMAT, "model": {"file": model.name, "sha256": file_sha256(model), "classes": list(classes)},
+            "input": str(input_root.resolve()), "options": options}
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -44,6 +36,8 @@ def differences(old: dict, new: dict) -> list[str]:
     if old.get("model", {}).get("sha256") != new["model"]["sha256"]:
         diffs.append(f"model {old.get('model', {}).get('file')} (sha256 {str(old.get('model', {}).get('sha256'))[:12]}) "
                      f"-> {new['model']['file']} (sha256 {new['model']['sha256'][:12]})")
+    if "input" in old and old["input"] != new["input"]:  # same names from another folder would pass as done
+        diffs.append(f"photos from {old['input']} -> {new['input']}")
     before, now = old.get("options", {}), new["options"]
     diffs += [f"{key}: {before.get(key)} -> {now.get(key)}" for key in sorted(set(before) | set(now))
               if before.get(key) != now.get(key)]

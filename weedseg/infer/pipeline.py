@@ -404,8 +404,9 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
     return_freed_memory()
     jobs = plan_jobs(images, input_path, out, options.overlay_format)
     predictor = Predictor(seg, options)
-    record = run_record(seg.path, {"short_side": predictor.short_side, "tile": options.tile,
-                                   "overlap": options.overlap, "overlay_format": options.overlay_format})
+    record = run_record(seg.path, seg.info.classes, input_path if input_path.is_dir() else input_path.parent,
+                        {"short_side": predictor.short_side, "tile": options.tile, "overlap": options.overlap,
+                         "overlay_format": options.overlay_format})
     rows: dict[int, dict] = {}
     summary = RunSummary()
     start = time.perf_counter()
