@@ -37,7 +37,7 @@ def splits(peanut_root):
 def test_predicted_photos_join_train_and_labelled_ones_keep_their_label(predicted, peanut_root, peanut):
     s = splits(peanut_root)
     labelled = list(s["train"])
-    assert add_pseudo_labels(s, [str(predicted / "pred")], peanut.classes) == 3  # train[0] is labelled: skipped
+    assert add_pseudo_labels(s, [str(predicted / "pred")], peanut.classes) == (3, [])  # train[0] keeps its label
     assert s["train"][: len(labelled)] == labelled
     added = s["train"][len(labelled):]
     assert [p.image.name for p in added] == sorted(x.image.name for x in peanut.splits["train"][-3:])
@@ -47,7 +47,7 @@ def test_predicted_photos_join_train_and_labelled_ones_keep_their_label(predicte
     assert np.array_equal(mask, read_mask(added[0].mask)) and set(np.unique(mask)) <= {0, 1, 2}
 
 
-def test_val_or_test_photos_are_refused_even_under_another_name(predicted, peanut_root, peanut, tmp_path):
+def test_val_and_test_photos_are_left_out_even_under_another_name(predicted, peanut_root, peanut, tmp_path):
     pred = tmp_path / "pred"
     shutil.copytree(predicted / "pred", pred)
     val_photo = peanut.splits["val"][0].image
@@ -56,8 +56,15 @@ def test_val_or_test_photos_are_refused_even_under_another_name(predicted, peanu
     shutil.copy(val_photo, photos / "renamed.jpg")
     assert main(["predict", str(photos), "--out", str(pred), "--outputs", "mask", "--short-side", "96",
                  "--engine", "onnxruntime", "--overwrite"]) == 0
-    with pytest.raises(WeedsegError, match="renamed.jpg is a val photo of this dataset"):
-        add_pseudo_labels(splits(peanut_root), [str(pred)], peanut.classes)
+    test_photo = peanut.splits["test"][0].image
+    (photos / test_photo.name).symlink_to(test_photo)
+    assert main(["predict", str(photos), "--out", str(pred), "--outputs", "mask", "--short-side", "96",
+                 "--engine", "onnxruntime"]) == 0
+    s = splits(peanut_root)
+    added, left_out = add_pseudo_labels(s, [str(pred)], peanut.classes)
+    assert added == 3 and sorted(left_out) == sorted([f"{photos / 'renamed.jpg'}: the val photo {val_photo.name}",
+                                                      f"{photos / test_photo.name}: the test photo {test_photo.name}"])
+    assert not {p.image.resolve() for p in s["train"]} & {val_photo.resolve(), test_photo.resolve()}
 
 
 def test_other_classes_or_an_older_predict_folder_are_refused(predicted, peanut_root, tmp_path):

@@ -148,9 +148,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.train_fraction)
     if cfg.pseudo_labels:
         labelled = len(data.splits["train"])
-        added = add_pseudo_labels(data.splits, list(cfg.pseudo_labels), data.classes)
+        added, left_out = add_pseudo_labels(data.splits, list(cfg.pseudo_labels), data.classes)
         if main:
             print(f"pseudo-labels: {added} predicted photos train beside the {labelled} labelled ones", flush=True)
+            if left_out:
+                print(f"pseudo-labels: {len(left_out)} left out, never trained on: " + "; ".join(left_out[:3])
+                      + (f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""), flush=True)
     num_classes = len(data.classes)
     train_ds = SegmentationDataset(data.layout, data.splits["train"], augmentation(cfg), [0.0] * 3, [1.0] * 3)
     train_ds.preload("loading train images")

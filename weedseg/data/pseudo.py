@@ -3,8 +3,8 @@
 A predict output folder records the folder it read (`weedseg-run.json`: "input") and the model's classes, and
 lists each image with its mask in `summary.csv`. Those pairs join the training split (self-training: label a
 few photos, train, predict the rest, train again on both). Photos that are labelled in the dataset keep their
-label; a photo that is in the val or test split, by path or by content, stops the run, since training on it
-would make its scores meaningless.
+label; photos of the val or test split, by path or by content, are left out (with a message), since training
+on them would make their scores meaningless.
 """
 
 from __future__ import annotations
@@ -49,24 +49,22 @@ def read_predictions(folder: Path, classes: list[str]) -> list[Sample]:
     return samples
 
 
-def add_pseudo_labels(splits: dict[str, list[Sample]], folders: list[str], classes: list[str]) -> int:
-    """Extend splits["train"] with the predicted samples of `folders`; returns how many were added.
-
-    Photos already in train (same file) are skipped; one in val or test (same file or same bytes) is an error."""
-    held_out = {s.image.resolve(): split for split in ("val", "test") for s in splits.get(split, [])}
-    held_out_bytes = {file_sha256(p): split for p, split in held_out.items()}
+def add_pseudo_labels(splits: dict[str, list[Sample]], folders: list[str], classes: list[str]) -> tuple[int, list[str]]:
+    """Extend splits["train"] with the predicted samples of `folders`; returns how many were added and one
+    'photo: why' line per predicted photo left out: photos already in train (same file) keep their label, and
+    photos of val or test (same file, or the same bytes under another name) are never trained on."""
+    held_out = {s.image.resolve(): f"{split} photo {s.image.name}" for split in ("val", "test") for s in splits[split]}
+    held_out_bytes = {file_sha256(path): what for path, what in held_out.items()}
     labelled = {s.image.resolve() for s in splits["train"]}
-    added = []
+    added, left_out = [], []
     for folder in folders:
         for sample in read_predictions(Path(folder), classes):
             path = sample.image.resolve()
-            split = held_out.get(path) or held_out_bytes.get(file_sha256(path))
-            if split:
-                raise WeedsegError(f"--pseudo-labels {folder}: {sample.image} is a {split} photo of this dataset; "
-                                   f"training on it would make the {split} scores meaningless. Predict a folder "
-                                   "without the val and test photos")
-            if path not in labelled:
+            same = held_out.get(path) or held_out_bytes.get(file_sha256(path))
+            if same:
+                left_out.append(f"{sample.image}: the {same}")
+            elif path not in labelled:
                 labelled.add(path)
                 added.append(sample)
     splits["train"] = splits["train"] + added
-    return len(added)
+    return len(added), left_out
