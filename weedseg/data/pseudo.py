@@ -54,13 +54,15 @@ def add_pseudo_labels(splits: dict[str, list[Sample]], folders: list[str], class
     'photo: why' line per predicted photo left out: photos already in train (same file) keep their label, and
     photos of val or test (same file, or the same bytes under another name) are never trained on."""
     held_out = {s.image.resolve(): f"{split} photo {s.image.name}" for split in ("val", "test") for s in splits[split]}
-    held_out_bytes = {file_sha256(path): what for path, what in held_out.items()}
+    held_out_bytes = {(path.stat().st_size, file_sha256(path)): what for path, what in held_out.items()}
+    sizes = {size for size, _ in held_out_bytes}
     labelled = {s.image.resolve() for s in splits["train"]}
     added, left_out = [], []
     for folder in folders:
         for sample in read_predictions(Path(folder), classes):
             path = sample.image.resolve()
-            same = held_out.get(path) or held_out_bytes.get(file_sha256(path))
+            size = path.stat().st_size  # only a photo of a held-out photo's size is read to compare contents
+            same = held_out.get(path) or (size in sizes and held_out_bytes.get((size, file_sha256(path))))
             if same:
                 left_out.append(f"{sample.image}: the {same}")
             elif path not in labelled:
