@@ -10,6 +10,7 @@ on them would make their scores meaningless.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -54,15 +55,23 @@ def add_pseudo_labels(splits: dict[str, list[Sample]], folders: list[str], class
     'photo: why' line per predicted photo left out: photos already in train (same file) keep their label, and
     photos of val or test (same file, or the same bytes under another name) are never trained on."""
     held_out = {s.image.resolve(): f"{split} photo {s.image.name}" for split in ("val", "test") for s in splits[split]}
-    held_out_bytes = {(path.stat().st_size, file_sha256(path)): what for path, what in held_out.items()}
-    sizes = {size for size, _ in held_out_bytes}
+    by_size: dict[int, list[Path]] = {}
+    for path in held_out:
+        by_size.setdefault(path.stat().st_size, []).append(path)
+    sha = functools.cache(file_sha256)  # files are read to compare contents only where sizes match, each once
+
+    def same_photo(path: Path) -> str | None:
+        if path in held_out:
+            return held_out[path]
+        twins = by_size.get(path.stat().st_size, [])
+        return next((held_out[t] for t in twins if sha(t) == sha(path)), None)
+
     labelled = {s.image.resolve() for s in splits["train"]}
     added, left_out = [], []
     for folder in folders:
         for sample in read_predictions(Path(folder), classes):
             path = sample.image.resolve()
-            size = path.stat().st_size  # only a photo of a held-out photo's size is read to compare contents
-            same = held_out.get(path) or (size in sizes and held_out_bytes.get((size, file_sha256(path))))
+            same = same_photo(path)
             if same:
                 left_out.append(f"{sample.image}: the {same}")
             elif path not in labelled:

@@ -121,11 +121,10 @@ class RunSummary:
         return Counter(r["status"] for r in self.rows)
 
 
-def plan_jobs(images: list[Path], input_path: Path, out: Path, overlay_format: str) -> list[Job]:
-    """Output paths mirroring the input tree: <stem>.mask.png (.mask.tif for GeoTIFFs), <stem>.overlay.jpg,
+def plan_jobs(images: list[Path], root: Path, out: Path, overlay_format: str) -> list[Job]:
+    """Output paths mirroring the input tree below `root`: <stem>.mask.png (.mask.tif for GeoTIFFs), <stem>.overlay.jpg,
     <stem>.grid.csv; an image keeps its suffix (a.jpg.mask.png) when another one in its folder has the same stem
     (a.png) or is named as its stem (a.jpg for a.jpg.png), so no two images ever share an output."""
-    root = input_path if input_path.is_dir() else input_path.parent
     rels = [p.relative_to(root) for p in images]
     stems, names = Counter(r.with_suffix("") for r in rels), set(rels)
     jobs = []
@@ -402,9 +401,10 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
         raise WeedsegError("--out must not be the input folder; choose another folder (it may be inside it)")
     images, unreadable = scan_images(input_path, exclude=out)
     return_freed_memory()
-    jobs = plan_jobs(images, input_path, out, options.overlay_format)
+    root = input_path if input_path.is_dir() else input_path.parent  # output names are relative to it
+    jobs = plan_jobs(images, root, out, options.overlay_format)
     predictor = Predictor(seg, options)
-    record = run_record(seg.path, seg.info.classes, input_path if input_path.is_dir() else input_path.parent,
+    record = run_record(seg.path, seg.info.classes, root,
                         {"short_side": predictor.short_side, "tile": options.tile, "overlap": options.overlap,
                          "overlay_format": options.overlay_format})
     rows: dict[int, dict] = {}
