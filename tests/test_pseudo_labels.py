@@ -79,6 +79,14 @@ def test_other_classes_or_an_older_predict_folder_are_refused(predicted, peanut_
         add_pseudo_labels(splits(peanut_root), [str(pred)], ["soil", "crop", "weed"])
     with pytest.raises(WeedsegError, match="not a `weedseg predict` output folder"):
         add_pseudo_labels(splits(peanut_root), [str(predicted / "photos")], ["soil", "crop", "weed"])
+    for damaged in ("[1, 2]", '{"model": 3, "input": 5}', "{not json"):  # a hand-edited or damaged record
+        (pred / RUN_MANIFEST).write_text(damaged)
+        with pytest.raises(WeedsegError, match=str(pred / RUN_MANIFEST)):
+            add_pseudo_labels(splits(peanut_root), [str(pred)], ["soil", "crop", "weed"])
+    shutil.copy(predicted / "pred" / RUN_MANIFEST, pred / RUN_MANIFEST)
+    (pred / "summary.csv").write_bytes(b"image,mask\n\xff\xfe bad,x\n")
+    with pytest.raises(WeedsegError, match="is not a readable summary.csv"):
+        add_pseudo_labels(splits(peanut_root), [str(pred)], ["soil", "crop", "weed"])
 
 
 def test_train_with_pseudo_labels(predicted, peanut_root, tmp_path, capsys):

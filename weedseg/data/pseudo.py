@@ -29,16 +29,20 @@ def read_predictions(folder: Path, classes: list[str]) -> list[Sample]:
         record = json.loads(record_path.read_text())
     except ValueError as exc:
         raise WeedsegError(f"{record_path} is not valid JSON ({exc})") from None
-    classes_made = record.get("model", {}).get("classes")
-    if "input" not in record or classes_made is None:
+    model = record.get("model") if isinstance(record, dict) else None
+    classes_made = model.get("classes") if isinstance(model, dict) else None
+    if not isinstance(record.get("input") if isinstance(record, dict) else None, str) or classes_made is None:
         raise WeedsegError(f"{record_path} does not say which photos were read or which classes the masks hold (an "
                            "older weedseg wrote it); run `weedseg predict ... --overwrite` again with this version")
     if classes_made != classes:
         raise WeedsegError(f"--pseudo-labels {folder}: its masks hold the classes {classes_made}, this dataset "
                            f"has {classes}; predict with a model of the dataset's classes")
     photos = Path(record["input"])
-    with summary.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("mask") and r.get("status") != "failed"]
+    try:
+        with summary.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("image") and r.get("mask") and r.get("status") != "failed"]
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise WeedsegError(f"{summary} is not a readable summary.csv ({exc}); predict again into a new folder") from None
     samples = []
     for row in rows:
         image = photos / row["image"]
