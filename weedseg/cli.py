@@ -112,6 +112,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pseudo-labels", nargs="+", metavar="FOLDER",
                    help="train also on the masks `weedseg predict --outputs mask` wrote into FOLDER for unlabelled "
                         "photos of the same field (self-training; photos of the val or test split are left out)")
+    p.add_argument("--copy-paste", nargs="+", metavar="CLASS",
+                   help="copy-paste augmentation: half of the training crops get the CLASS pixels (e.g. weed) of "
+                        "another photo's crop pasted over them, image and label alike")
     p.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
     p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import WeedsegError, distributed
 from .checkpoint import load_checkpoint, model_metadata, save_checkpoint
-from .data import EvalResize, SeededSampler, SegmentationDataset, TrainAugment, channel_stats, open_dataset
+from .data import CopyPaste, EvalResize, SeededSampler, SegmentationDataset, TrainAugment, channel_stats, open_dataset
 from .data.pseudo import add_pseudo_labels
 from .evaluate import evaluate_model
 from .losses import build_loss, inverse_sqrt_frequency_weights
@@ -56,6 +56,7 @@ class TrainConfig:
     smooth_evals: int = 3  # best.pt = the weights where the mean of the last N validation mIoUs peaks
     train_fraction: float = 1.0
     pseudo_labels: tuple[str, ...] = ()  # `weedseg predict` output folders whose masks join the train split
+    copy_paste: tuple[str, ...] = ()  # classes pasted from another crop into half of the training crops
     seed: int = 0
     workers: int = -1  # -1: automatic
     device: str = "auto"
@@ -97,6 +98,17 @@ def augmentation(cfg: TrainConfig) -> TrainAugment:
     """The training augmentation: crops by area fraction, or by zoom at the evaluation resolution."""
     zoom = tuple(cfg.crop_zoom) if cfg.crop_zoom else None
     return TrainAugment(cfg.crop, tuple(cfg.crop_scale), zoom=zoom, input_short_side=cfg.eval_short_side)
+
+
+def copy_paste(classes: tuple[str, ...], data_classes: list[str]) -> CopyPaste | None:
+    """The copy-paste augmentation for these class names (None when none are given)."""
+    if not classes:
+        return None
+    unknown = [c for c in classes if c not in data_classes]
+    if unknown:
+        raise WeedsegError(f"--copy-paste {' '.join(unknown)}: not a class of this dataset; its classes are "
+                           + ", ".join(data_classes))
+    return CopyPaste(tuple(data_classes.index(c) for c in classes))
 
 
 def schedule(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
@@ -155,7 +167,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 print(f"pseudo-labels: {len(left_out)} left out, never trained on: " + "; ".join(left_out[:3])
                       + (f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""), flush=True)
     num_classes = len(data.classes)
-    train_ds = SegmentationDataset(data.layout, data.splits["train"], augmentation(cfg), [0.0] * 3, [1.0] * 3)
+    train_ds = SegmentationDataset(data.layout, data.splits["train"], augmentation(cfg), [0.0] * 3, [1.0] * 3,
+                                   copy_paste(cfg.copy_paste, data.classes))
     train_ds.preload("loading train images")
     if state is not None or pretrained is not None:  # a fine-tuned model keeps its pretraining normalisation
         mean, std = (state or pretrained)["normalization"]["mean"], (state or pretrained)["normalization"]["std"]

@@ -14,7 +14,7 @@ from .. import WeedsegError
 from .layouts import DATASETS, IGNORE_INDEX, Layout, Sample, get_layout
 from .locate import find_dataset_root
 from .splits import SPLITS, load_split, subset
-from .transforms import EvalResize, TrainAugment
+from .transforms import CopyPaste, EvalResize, TrainAugment
 
 _NEEDS_TORCH = {"SeededSampler": "dataset", "SegmentationDataset": "dataset", "channel_stats": "dataset"}
 
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DATASETS", "IGNORE_INDEX", "SPLITS", "EvalResize", "Layout", "LabelledData", "Sample", "SeededSampler",
-    "SegmentationDataset", "TrainAugment", "channel_stats", "open_dataset",
+    "CopyPaste", "SegmentationDataset", "TrainAugment", "channel_stats", "open_dataset",
 ]
 
 

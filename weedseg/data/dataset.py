@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .io import check_same_size, read_rgb
 from .layouts import Layout, Sample
-from .transforms import normalize
+from .transforms import CopyPaste, normalize
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -23,12 +23,13 @@ class SegmentationDataset(Dataset):
     """Yields (normalised image tensor, class-index mask tensor) for a list of samples.
 
     Indices may be plain ints or (index, seed) pairs from `SeededSampler`; the seed drives the
-    augmentation, so a run is repeatable whatever the number of loader workers.
+    augmentation, so a run is repeatable whatever the number of loader workers. `paste` (training
+    only) pastes classes from another sample's crop, drawn after the sample's own augmentation.
     """
 
     def __init__(self, layout: Layout, samples: list[Sample], transform: Transform,
-                 mean: list[float], std: list[float]) -> None:
-        self.layout, self.samples, self.transform = layout, samples, transform
+                 mean: list[float], std: list[float], paste: CopyPaste | None = None) -> None:
+        self.layout, self.samples, self.transform, self.paste = layout, samples, transform, paste
         self.mean, self.std = mean, std
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -56,7 +57,11 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, 0)
         image, mask = self.load(index)
-        image, mask = self.transform(image, mask, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        image, mask = self.transform(image, mask, rng)
+        if self.paste is not None and len(self) > 1 and rng.random() < self.paste.p:
+            donor = int(rng.integers(len(self) - 1))
+            image, mask = self.paste(image, mask, *self.transform(*self.load(donor + (donor >= index)), rng))
         return normalize(image, self.mean, self.std), torch.from_numpy(mask.astype(np.int64))
 
 

@@ -116,6 +116,20 @@ class TrainAugment:
 
 
 @dataclass
+class CopyPaste:
+    """Simple copy-paste: with probability `p`, the pixels of `classes` in a second training crop
+    (another photo, augmented with its own random draws) are pasted over the first, image and label alike."""
+
+    classes: tuple[int, ...]
+    p: float = 0.5
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, donor_image: np.ndarray,
+                 donor_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        take = np.isin(donor_mask, self.classes)
+        return np.where(take[..., None], donor_image, image), np.where(take, donor_mask, mask)
+
+
+@dataclass
 class EvalResize:
     """Resize the image to the model's input short side and the mask to the scoring resolution.
 
