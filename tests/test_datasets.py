@@ -171,6 +171,20 @@ def test_check_reports_an_unreadable_image_and_goes_on(tmp_path, monkeypatch):
     (problem,) = report.problems  # the other nine images are checked as usual
     assert problem.endswith("004_image.png: cannot be read (Permission denied)")
     assert "10 images with masks" in report.summary and "1 images are in no split list" in " ".join(report.notes)
+    assert "images 000_image.png and 009_image.png are the same photo; their masks are identical" in report.notes
+
+
+def test_check_scores_how_far_two_masks_of_one_photo_agree(tmp_path):
+    root = make_color_folder(tmp_path / "cwfid")
+    (root / "images" / "009_image.png").write_bytes((root / "images" / "000_image.png").read_bytes())
+    labels = (np.arange(24 * 32) % 3).reshape(24, 32)
+    palette = np.array([[0, 0, 0], [0, 255, 0], [255, 0, 0]], np.uint8)
+    write_rgb(root / "annotations" / "009_annotation.png", palette[np.where(labels == 2, 0, labels)])  # weed drawn as soil
+    ids = [f"{i:03d}" for i in range(10)]
+    (root / "split.json").write_text(json.dumps({"train": ids[:8] + ids[9:], "val": ids[8:9], "test": []}))
+    report = check_dataset("folder", root)
+    assert ("images 000_image.png and 009_image.png are the same photo; their masks agree at 50.0 mIoU "
+            "(soil 50.0, crop 100.0, weed 0.0)") in report.notes
 
 
 def test_folder_without_config_explains_what_to_write(tmp_path):

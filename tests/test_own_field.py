@@ -299,7 +299,7 @@ def test_check_reports_every_problem_once(tmp_path, capsys):
     assert "IMG_03.jpg has no mask" in problems and "stray.png has no image" in problems
     assert "IMG_01.png is 32x24, the size its photo is stored in, but IMG_01.jpg has EXIF orientation 6" in problems
     assert "IMG_02.png has 768 pixels of values [9]" in problems
-    assert "IMG_04.jpg (train) and IMG_05.jpg (test) are the same photo in two splits" in problems
+    assert "IMG_04.jpg (train) and IMG_05.jpg (test) are the same photo in two splits; their masks agree at" in problems
     assert "images are in no split list" in "\n".join(report.notes)
     assert main(["dataset", "check", "--data-root", str(root)]) == 1
     assert "5 problem(s):" in capsys.readouterr().out

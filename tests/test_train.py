@@ -19,7 +19,7 @@ from weedseg.data.transforms import TrainAugment
 from weedseg.evaluate import evaluate_checkpoint, predict_logits
 from weedseg.metrics import ConfusionMatrix
 from weedseg.runtime import warmup_cosine
-from weedseg.train import PRESETS, TrainConfig, resolve_init, schedule, train
+from weedseg.train import PRESETS, TrainConfig, copy_paste, resolve_init, schedule, train
 
 
 def read_log(run):
@@ -159,6 +159,24 @@ def test_crop_zoom_keeps_the_inference_scale_whatever_the_photo_size():
     assert scaled == pytest.approx(native.area_range(720, 960))
     assert TrainAugment(256, zoom=(2.0, 9.0)).area_range(256, 256) == (1.0, 1.0)  # never more than the photo
     assert TrainAugment(256).area_range(720, 960) == (0.25, 1.0)
+
+
+def test_copy_paste_pastes_only_the_named_class_over_the_crop_the_seed_gives(peanut):
+    samples = peanut.splits["train"][:6]
+    plain = SegmentationDataset(peanut.layout, samples, TrainAugment(64), [0.0] * 3, [1.0] * 3)
+    pasted = SegmentationDataset(peanut.layout, samples, TrainAugment(64), [0.0] * 3, [1.0] * 3,
+                                 copy_paste(("weed",), peanut.classes))
+    pasted.paste.p = 1.0
+    changed = 0
+    for seed in range(8):
+        (x0, m0), (x1, m1) = plain[(1, seed)], pasted[(1, seed)]
+        kept = (m1 == m0) & (x1 == x0).all(0)  # pixels the paste left alone are the plain crop's
+        assert (m1[~kept] == 2).all()  # everything else became weed, label and image together
+        changed += int((~kept).sum())
+    assert changed > 0  # some of the donors' weed landed
+    with pytest.raises(WeedsegError, match="weeds: not a class of this dataset; its classes are soil, crop, weed"):
+        copy_paste(("weeds",), peanut.classes)
+    assert copy_paste((), peanut.classes) is None
 
 
 def test_default_init_is_the_shipped_field_pretrained_model(capsys):

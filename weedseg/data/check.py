@@ -73,10 +73,15 @@ def check_dataset(name: str, data_root: str | Path | None = None) -> DatasetChec
             report.problems.append(f"{sample.image}: cannot be read ({exc.strerror or exc})")
             continue
         first = seen.setdefault(digest, sample)
+        if first is sample:
+            continue
+        agreement = _mask_agreement(layout, first, sample)
         splits = split_of.get(first.id), split_of.get(sample.id)
         if None not in splits and splits[0] != splits[1]:  # an image in no split is in no two splits
             report.problems.append(f"images {first.image.name} ({splits[0]}) and {sample.image.name} ({splits[1]}) "
-                                   "are the same photo in two splits")
+                                   f"are the same photo in two splits{agreement}")
+        else:
+            report.notes.append(f"images {first.image.name} and {sample.image.name} are the same photo{agreement}")
     report.summary.append("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(5))
                           + (f" and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""))
     if rotated:
@@ -117,6 +122,28 @@ def _decode(layout: Layout, sample: Sample, report: DatasetCheck) -> np.ndarray 
     except WeedsegError as exc:
         report.problems.append(str(exc))
         return None
+
+
+def _mask_agreement(layout: Layout, a: Sample, b: Sample) -> str:
+    """How far the masks of two copies of one photo agree, as ', their masks agree at ... mIoU (...)' (or '')."""
+    import torch  # only when a photo is stored twice
+
+    from ..metrics import ConfusionMatrix
+
+    try:
+        ma, mb = layout.decode_mask(a.mask), layout.decode_mask(b.mask)
+    except WeedsegError:  # already reported as a problem of its mask
+        return ""
+    if ma.shape != mb.shape:
+        return ""
+    if np.array_equal(ma, mb):
+        return "; their masks are identical"
+    cm = ConfusionMatrix(len(layout.classes))
+    truth = np.where(mb == IGNORE_INDEX, IGNORE_INDEX, ma)  # pixels either mask ignores are not compared
+    cm.update(torch.from_numpy(mb.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)))
+    summary = cm.summary(layout.classes)
+    per_class = ", ".join(f"{c} {100 * v:.1f}" for c, v in summary["iou"].items() if v == v)
+    return f"; their masks agree at {100 * summary['miou']:.1f} mIoU ({per_class})"
 
 
 def _check_size(sample: Sample, size: tuple[int, int], orientation: int, mask_shape: tuple[int, ...],
