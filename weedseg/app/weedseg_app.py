@@ -79,13 +79,14 @@ def segment_all(seg: Segmenter, files: list) -> list[tuple[str, SegmentedImage |
         key = (str(seg.path), f.file_id, name)
         if key not in done:
             progress.progress(i / len(files), text=f"Segmenting {name} ({i + 1} of {len(files)}) ...")
+            data = f.getvalue()  # a copy of the upload: taken once
             try:
-                budget.admit(upload_pixels(f.getvalue()))
+                budget.admit(upload_pixels(data))
             except WeedsegError as exc:  # not kept in `done`: tried again on the next run of the page
                 results.append((name, str(exc)))
                 continue
             try:
-                done[key] = segment_upload(seg, f.getvalue(), name, OPTIONS.short_side, OPTIONS.tile,
+                done[key] = segment_upload(seg, data, name, OPTIONS.short_side, OPTIONS.tile,
                                            OPTIONS.overlap, OPTIONS.batch_size)
             except Exception as exc:  # noqa: BLE001 - one bad file must not break the page for the others
                 done[key] = failure(exc)["error"]
