@@ -32,10 +32,11 @@ endif
 setup: $(BIN)/weedseg
 
 # The main job on the shipped default model: segment the peanut photos, then score the model on
-# the test split. Data: $(WEEDSEG_DATA)/peanut, else ../shared/field_data/peanut.
+# the test split. Data: $(WEEDSEG_DATA)/peanut, else ../shared/field_data/peanut. --overwrite: runs/demo
+# is the demo's own, so a rerun after an update (a new shipped model) redoes it instead of refusing.
 DATA ?= $(or $(WEEDSEG_DATA),../shared/field_data)
 demo: setup
-	$(BIN)/weedseg predict $(DATA)/peanut/images --out runs/demo
+	$(BIN)/weedseg predict $(DATA)/peanut/images --out runs/demo --overwrite
 	$(BIN)/weedseg evaluate weedseg/weights/weedseg-peanut-default.pt --dataset peanut --split test --full-res --out runs/demo/test-metrics.json
 
 # The browser test (tests/test_app_browser.py) needs Chromium: installed with apt-get where it can be
