@@ -75,7 +75,7 @@ def check_dataset(name: str, data_root: str | Path | None = None) -> DatasetChec
         first = seen.setdefault(digest, sample)
         if first is sample:
             continue
-        agreement = _mask_agreement(layout, first, sample)
+        agreement = _mask_agreement(layout, first, mask)
         splits = split_of.get(first.id), split_of.get(sample.id)
         if None not in splits and splits[0] != splits[1]:  # an image in no split is in no two splits
             report.problems.append(f"images {first.image.name} ({splits[0]}) and {sample.image.name} ({splits[1]}) "
@@ -124,17 +124,18 @@ def _decode(layout: Layout, sample: Sample, report: DatasetCheck) -> np.ndarray 
         return None
 
 
-def _mask_agreement(layout: Layout, a: Sample, b: Sample) -> str:
-    """How far the masks of two copies of one photo agree, as ', their masks agree at ... mIoU (...)' (or '')."""
+def _mask_agreement(layout: Layout, first: Sample, mb: np.ndarray | None) -> str:
+    """How far the mask of the first copy of a photo agrees with `mb`, the decoded mask of a later copy (None
+    when it could not be decoded), as '; their masks agree at ... mIoU (...)' (or '')."""
     import torch  # only when a photo is stored twice
 
     from ..metrics import ConfusionMatrix
 
     try:
-        ma, mb = layout.decode_mask(a.mask), layout.decode_mask(b.mask)
+        ma = layout.decode_mask(first.mask)
     except WeedsegError:  # already reported as a problem of its mask
         return ""
-    if ma.shape != mb.shape:
+    if mb is None or ma.shape != mb.shape:
         return ""
     if np.array_equal(ma, mb):
         return "; their masks are identical"

@@ -29,9 +29,10 @@ def read_predictions(folder: Path, classes: list[str]) -> list[Sample]:
         record = json.loads(record_path.read_text())
     except ValueError as exc:
         raise WeedsegError(f"{record_path} is not valid JSON ({exc})") from None
-    model = record.get("model") if isinstance(record, dict) else None
+    record = record if isinstance(record, dict) else {}  # a damaged record says as little as an old one
+    model = record.get("model")
     classes_made = model.get("classes") if isinstance(model, dict) else None
-    if not isinstance(record.get("input") if isinstance(record, dict) else None, str) or classes_made is None:
+    if not isinstance(record.get("input"), str) or classes_made is None:
         raise WeedsegError(f"{record_path} does not say which photos were read or which classes the masks hold (an "
                            "older weedseg wrote it); run `weedseg predict ... --overwrite` again with this version")
     if classes_made != classes:
