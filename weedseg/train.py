@@ -23,6 +23,7 @@ from . import WeedsegError, distributed
 from .checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from .data import CopyPaste, EvalResize, SeededSampler, SegmentationDataset, TrainAugment, channel_stats, open_dataset
 from .data.pseudo import add_pseudo_labels
+from .data.splits import few
 from .evaluate import evaluate_model
 from .losses import build_loss, inverse_sqrt_frequency_weights
 from .models import count_parameters, create_model
@@ -164,8 +165,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         if main:
             print(f"pseudo-labels: {added} predicted photos train beside the {labelled} labelled ones", flush=True)
             if left_out:
-                print(f"pseudo-labels: {len(left_out)} left out, never trained on: " + "; ".join(left_out[:3])
-                      + (f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""), flush=True)
+                print(f"pseudo-labels: {len(left_out)} left out, never trained on: {few(left_out, 3)}", flush=True)
     num_classes = len(data.classes)
     train_ds = SegmentationDataset(data.layout, data.splits["train"], augmentation(cfg), [0.0] * 3, [1.0] * 3,
                                    copy_paste(cfg.copy_paste, data.classes))

@@ -111,7 +111,7 @@ def read_split_file(path: Path, ids: list[str]) -> dict[str, list[str]]:
                 out[name].append(sid)
     if missing:
         raise WeedsegError(f"split file {path} lists ids with no image and mask under {path.parent}: "
-                           f"{_few(missing)}; ids are file stems such as {sorted(ids)[0]!r}")
+                           f"{few(missing)}; ids are file stems such as {sorted(ids)[0]!r}")
     check_no_overlap(out, path)
     return out
 
@@ -139,13 +139,13 @@ def check_no_overlap(split: dict[str, list[str]], path: Path) -> None:
     for name, listed in split.items():
         twice = sorted({sid for sid in listed if listed.count(sid) > 1})
         if twice:
-            raise WeedsegError(f"split file {path}: ids listed twice in {name!r}: {_few(twice)}")
+            raise WeedsegError(f"split file {path}: ids listed twice in {name!r}: {few(twice)}")
     names = list(split)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             both = sorted(set(split[a]) & set(split[b]))
             if both:
-                raise WeedsegError(f"split file {path}: {len(both)} ids are in both {a!r} and {b!r}: {_few(both)}; "
+                raise WeedsegError(f"split file {path}: {len(both)} ids are in both {a!r} and {b!r}: {few(both)}; "
                                    "an image belongs to one split only")
 
 
@@ -166,6 +166,8 @@ def subset(ids: list[str], fraction: float) -> list[str]:
     return ids[: max(1, round(len(ids) * fraction))]
 
 
-def _few(items: list[Any], limit: int = 5) -> str:
-    return f"{items[:limit]}{f' and {len(items) - limit} more' if len(items) > limit else ''}"
+def few(items: list[Any], limit: int = 5) -> str:
+    """The first `limit` items joined by ', ', then how many more there are: for messages about long lists."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
