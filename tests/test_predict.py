@@ -55,6 +55,7 @@ class FakeSegmenter:
         self.info = ModelInfo("fake", ["soil", "crop", "weed"], [[0, 0, 0], [0, 255, 0], [255, 0, 0]], [0.5] * 3,
                               [0.25] * 3, 32, short_side, "test")
         self.calls = 0
+        self.tta = False
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / 255.0
@@ -179,6 +180,15 @@ def test_tiled_prediction_agrees_with_whole_image(model, field_image):
     tiled = predict_logits(x, seg.run, tile=128, overlap=48, batch_size=3, multiple=32)
     assert tiled.shape == whole.shape == (3, 240, 320)
     assert (tiled.argmax(0) == whole.argmax(0)).mean() > 0.97
+
+
+def test_flip_tta_averages_the_mirror_image_and_is_mirror_symmetric(model, field_image):
+    plain, tta = Segmenter(model, device="cpu"), Segmenter(model, device="cpu", tta=True)
+    x = plain.model_input(field_image)[None]
+    mirror = np.ascontiguousarray(x[..., ::-1])
+    np.testing.assert_allclose(tta.run(x), (plain.run(x) + plain.run(mirror)[..., ::-1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(tta.run(mirror), tta.run(x)[..., ::-1], atol=1e-4)
+    assert not np.allclose(plain.run(mirror), plain.run(x)[..., ::-1], atol=1e-4)  # the model alone is not
 
 
 def test_tile_blending_is_exact_and_streams_bounded_bands():

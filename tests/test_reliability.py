@@ -237,6 +237,8 @@ def test_rerun_with_another_model_or_options_refuses_instead_of_mixing(model, tm
     assert "holds outputs made with other settings (model model.onnx" in capsys.readouterr().err
     assert predict(tmp_path / "in", "--model", model, "--out", out, "--tile", "512") == 2
     assert "tile: 1024 -> 512" in capsys.readouterr().err
+    assert predict(tmp_path / "in", "--model", model, "--out", out, "--tta") == 2
+    assert "tta: None -> flip" in capsys.readouterr().err
     assert predict(tmp_path / "in", "--model", other, "--out", out, "--overwrite") == 0
     assert summary(out)["a.png"]["status"] == "predicted"
     assert json.loads((out / RUN_MANIFEST).read_text())["model"]["file"] == "other.onnx"

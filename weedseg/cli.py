@@ -340,6 +340,10 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "(docs/inference.md); openvino needs pip install 'weedseg[openvino]'")
     p.add_argument("--threads", type=int_in(0), default=0, help="inference threads (default: all cores)")
     p.add_argument("--workers", type=int_in(0), default=0, help="reader and writer threads each (default: automatic)")
+    p.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation: average the logits of each image and its mirror image (twice "
+                        "the compute; on peanut +0.3 val mIoU for models trained on 28 or 70 photos, +0.03 for "
+                        "the shipped default)")
     g = p.add_argument_group("ground units and spot spraying (docs/spray-maps.md)")
     g.add_argument("--gsd", type=float, metavar="CM_PER_PIXEL",
                    help="ground sampling distance of every image (default: a GeoTIFF's pixel scale, or EXIF with "
@@ -368,7 +372,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from .infer.spray import SpraySettings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False, engine=args.engine)
+    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False, engine=args.engine,
+                    tta=args.tta)
     options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
                              args.overlay_format, args.overwrite, args.workers,
                              GroundOptions(args.gsd, args.altitude, args.sensor_width_mm),

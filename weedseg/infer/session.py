@@ -43,11 +43,14 @@ class Segmenter:
     `engine`: onnxruntime (the default here), openvino, or auto (the faster one on this machine, see
     weedseg.infer.engines). `threads`: 0 uses every core this process may use. `spin=False` stops idle
     ONNX Runtime threads from busy-waiting, leaving the cores to the decoding and writing threads of a pipeline.
+    `tta`: flip test-time augmentation, the mean of the logits of each input and of its mirror image (twice the
+    model calls).
     """
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, spin: bool = True,
-                 engine: str = "onnxruntime") -> None:
+                 engine: str = "onnxruntime", tta: bool = False) -> None:
         self.path = Path(path)
+        self.tta = tta
         threads = threads or cpu_count()
         self.engine = open_engine(self.path, engine, device, threads, spin)
         self.info = ModelInfo.from_props(self.engine.metadata, str(self.path))
@@ -72,7 +75,11 @@ class Segmenter:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, classes, H, W) for a normalised float32 batch (N, 3, H, W)."""
-        return self.engine.run(batch)
+        logits = self.engine.run(batch)
+        if self.tta:
+            mirrored = self.engine.run(np.ascontiguousarray(batch[..., ::-1]))
+            logits = (logits + mirrored[..., ::-1]) / 2
+        return logits
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB -> normalised 3xHxW float32, as the model was trained."""
