@@ -342,8 +342,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int_in(0), default=0, help="reader and writer threads each (default: automatic)")
     p.add_argument("--tta", action="store_true",
                    help="flip test-time augmentation: average the logits of each image and its mirror image (twice "
-                        "the compute; on peanut +0.3 val mIoU for models trained on 28 or 70 photos, +0.03 for "
-                        "the shipped default)")
+                        "the compute; on peanut +0.3 val mIoU for models trained on 28 or 70 photos, +0.1 to +0.2 "
+                        "on all 280, +0.03 for the shipped default)")
     g = p.add_argument_group("ground units and spot spraying (docs/spray-maps.md)")
     g.add_argument("--gsd", type=float, metavar="CM_PER_PIXEL",
                    help="ground sampling distance of every image (default: a GeoTIFF's pixel scale, or EXIF with "
