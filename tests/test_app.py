@@ -27,6 +27,7 @@ from weedseg.infer.session import Segmenter
 from weedseg.resources import APP_SCRIPT
 
 APP = APP_SCRIPT
+OPTIONS = PredictOptions()  # the page's defaults
 
 
 @pytest.fixture()
@@ -101,6 +102,22 @@ def test_upload_shows_results_and_bad_files_their_message(models, photo, monkeyp
     assert at.session_state["results"].keys() == results.keys()
     assert all(at.session_state["results"][k] is v for k, v in results.items())
     assert at.metric[3].value.endswith("of 48")  # 8 x 6 cells of 128 px
+
+
+def test_flip_tta_switch_segments_again_with_the_mirror_image(models, photo, monkeypatch):
+    at = start_app(models, monkeypatch)
+    at.file_uploader[0].set_value([("field.jpg", photo.read_bytes(), "image/jpeg")]).run()
+    (plain_key, plain), = at.session_state["results"].items()
+    assert plain_key[1] is False and "with flip TTA" not in at.sidebar.caption[0].value
+    at.sidebar.checkbox[0].check().run()
+    assert not at.exception
+    (tta_key, tta), = at.session_state["results"].items()  # the plain result is dropped, not shown twice
+    assert tta_key[1] is True and tta_key[2:] == plain_key[2:] and "with flip TTA" in at.sidebar.caption[0].value
+    seg = Segmenter(models / "test.onnx", engine="auto", tta=True)
+    expected = segment_upload(seg, photo.read_bytes(), "field.jpg", OPTIONS.short_side, OPTIONS.tile,
+                              OPTIONS.overlap, OPTIONS.batch_size)
+    np.testing.assert_array_equal(tta.mask, expected.mask)
+    assert not np.array_equal(tta.mask, plain.mask)  # the untrained model is far from mirror-symmetric
 
 
 def test_without_a_usable_model_the_page_says_what_to_do(tmp_path, monkeypatch):

@@ -34,14 +34,21 @@ SHOWN = {"image": "Image", "status": "Status", "crop_pct": "Crop %", "weed_pct":
          "sprayed_pct": "Sprayed %", "weed_m2": "Weed m²", "crop_m2": "Crop m²", "error": "Problem"}
 
 
+TTA_HELP = ("Also segment each photo's mirror image and average the two, as `weedseg predict --tta`: twice the time. "
+            "It gained 0.3-0.4 mIoU for models trained on a few dozen photos, next to nothing for the shipped "
+            "default (docs/accuracy.md)")
+
+
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
-def load_segmenter(path: str, mtime: float) -> Segmenter:
-    """The model file in the faster engine here (weedseg.infer.engines), loaded once per file version for all visitors."""
-    return Segmenter(path, engine="auto")
+def load_segmenter(path: str, mtime: float, tta: bool) -> Segmenter:
+    """The model file in the faster engine here (weedseg.infer.engines), loaded once per file version and TTA
+    setting for all visitors."""
+    return Segmenter(path, engine="auto", tta=tta)
 
 
 def choose_model() -> Segmenter:
-    """Sidebar model selector over the *.onnx files of the models folder; stops the page if none loads."""
+    """Sidebar model selector over the *.onnx files of the models folder and the flip TTA switch; stops the page
+    if no model loads."""
     folder = Path(os.environ.get(MODELS_ENV) or DEFAULT_MODEL.parent)
     models = sorted(folder.glob("*.onnx"))
     if not models:
@@ -51,9 +58,10 @@ def choose_model() -> Segmenter:
     names = [m.name for m in models]
     default = names.index(DEFAULT_MODEL.name) if DEFAULT_MODEL.name in names else 0
     name = st.sidebar.selectbox("Model", names, index=default, help=f"ONNX models in {folder}")
+    tta = st.sidebar.checkbox("Flip TTA (twice as slow)", value=False, help=TTA_HELP)
     path = folder / name
     try:
-        return load_segmenter(str(path), path.stat().st_mtime)
+        return load_segmenter(str(path), path.stat().st_mtime, tta)
     except Exception as exc:  # noqa: BLE001 - any unusable model gets a message, not a traceback
         st.error(f"Cannot use the model {name}: {failure(exc)['error']}")
         st.stop()
@@ -76,7 +84,7 @@ def segment_all(seg: Segmenter, files: list) -> list[tuple[str, SegmentedImage |
     progress = st.progress(0.0) if files else None
     for i, f in enumerate(files):
         name = safe_name(f.name, taken)
-        key = (str(seg.path), f.file_id, name)
+        key = (str(seg.path), seg.tta, f.file_id, name)
         if key not in done:
             progress.progress(i / len(files), text=f"Segmenting {name} ({i + 1} of {len(files)}) ...")
             data = f.getvalue()  # a copy of the upload: taken once
@@ -218,7 +226,8 @@ def main() -> None:
     threshold = st.sidebar.number_input("Spray threshold (% weed per cell)", 0.0, 100.0, OPTIONS.spray.threshold_pct,
                                         0.5, help="a grid cell is sprayed from this weed cover on")
     st.sidebar.caption(f"{info.model_name}, {info.precision}, classes {', '.join(info.classes)}; images are "
-                       f"segmented at a short side of {info.input_short_side or 'full'} px. Limit: "
+                       f"segmented at a short side of {info.input_short_side or 'full'} px"
+                       f"{', with flip TTA' if seg.tta else ''}. Limit: "
                        f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels per photo, {SESSION_FILES} photos and "
                        f"{SESSION_PIXELS / 1e6:g} megapixels at once.")
     st.write("Drop field photos below. Each one is segmented into "
