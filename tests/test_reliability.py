@@ -356,13 +356,16 @@ def test_argument_ranges_are_checked_by_the_parser(flags, message, tmp_path, cap
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_evaluate_out_is_checked_before_evaluating(checkpoint, tmp_path, capsys, monkeypatch):
+def test_evaluate_out_and_resolution_are_checked_before_evaluating(checkpoint, tmp_path, capsys, monkeypatch):
     import weedseg.evaluate
     import weedseg.metrics
 
     monkeypatch.setattr(weedseg.evaluate, "evaluate_checkpoint", lambda *a: pytest.fail("evaluated"))
     assert main(["evaluate", str(checkpoint), "--out", "/sys/kernel/weedseg/m.json"]) == 2
     assert "cannot write /sys/kernel/weedseg/m.json" in capsys.readouterr().err
+    # two scoring resolutions at once: refused, not one of them silently ignored
+    assert main(["evaluate", str(checkpoint), "--full-res", "--score-short-side", "256"]) == 2
+    assert "give one of them" in capsys.readouterr().err
     monkeypatch.setattr(weedseg.evaluate, "evaluate_checkpoint", lambda *a: {"images": 1, "scored_at": "here"})
     monkeypatch.setattr(weedseg.metrics, "format_summary", lambda summary: "")
     assert main(["evaluate", str(checkpoint), "--out", str(tmp_path / "new" / "folder" / "m.json")]) == 0

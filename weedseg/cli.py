@@ -169,6 +169,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
     from .metrics import format_summary
 
+    if args.full_res and args.score_short_side:
+        raise WeedsegError("--full-res scores the whole masks and --score-short-side scores masks resized to that "
+                           "short side: give one of them (one run each for both figures)")
     out, where = metrics_path(args)
     check_writable(out)  # before the evaluation, not after it
     summary = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_root,
