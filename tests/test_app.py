@@ -107,7 +107,7 @@ def test_upload_shows_results_and_bad_files_their_message(models, photo, monkeyp
 def test_flip_tta_switch_segments_again_with_the_mirror_image(models, photo, monkeypatch):
     at = start_app(models, monkeypatch)
     at.file_uploader[0].set_value([("field.jpg", photo.read_bytes(), "image/jpeg")]).run()
-    (plain_key, plain), = at.session_state["results"].items()
+    (plain_key, _), = at.session_state["results"].items()
     assert plain_key[1] is False and "with flip TTA" not in at.sidebar.caption[0].value
     at.sidebar.checkbox[0].check().run()
     assert not at.exception
@@ -116,8 +116,8 @@ def test_flip_tta_switch_segments_again_with_the_mirror_image(models, photo, mon
     seg = Segmenter(models / "test.onnx", engine="auto", tta=True)
     expected = segment_upload(seg, photo.read_bytes(), "field.jpg", OPTIONS.short_side, OPTIONS.tile,
                               OPTIONS.overlap, OPTIONS.batch_size)
-    np.testing.assert_array_equal(tta.mask, expected.mask)
-    assert not np.array_equal(tta.mask, plain.mask)  # the untrained model is far from mirror-symmetric
+    np.testing.assert_array_equal(tta.mask, expected.mask)  # (the untrained model may give one class everywhere,
+    # so the plain mask can equal it; test_predict checks that TTA averages the mirror image)
 
 
 def test_without_a_usable_model_the_page_says_what_to_do(tmp_path, monkeypatch):
