@@ -363,9 +363,11 @@ def test_evaluate_out_and_resolution_are_checked_before_evaluating(checkpoint, t
     monkeypatch.setattr(weedseg.evaluate, "evaluate_checkpoint", lambda *a: pytest.fail("evaluated"))
     assert main(["evaluate", str(checkpoint), "--out", "/sys/kernel/weedseg/m.json"]) == 2
     assert "cannot write /sys/kernel/weedseg/m.json" in capsys.readouterr().err
-    # two scoring resolutions at once: refused, not one of them silently ignored
-    assert main(["evaluate", str(checkpoint), "--full-res", "--score-short-side", "256"]) == 2
-    assert "give one of them" in capsys.readouterr().err
+    # two scoring resolutions at once: refused by the parser, not one of them silently ignored
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(checkpoint), "--full-res", "--score-short-side", "256"])
+    assert exit_.value.code == 2
+    assert "argument --score-short-side: not allowed with argument --full-res" in capsys.readouterr().err
     monkeypatch.setattr(weedseg.evaluate, "evaluate_checkpoint", lambda *a: {"images": 1, "scored_at": "here"})
     monkeypatch.setattr(weedseg.metrics, "format_summary", lambda summary: "")
     assert main(["evaluate", str(checkpoint), "--out", str(tmp_path / "new" / "folder" / "m.json")]) == 0

@@ -157,9 +157,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--short-side", type=int_in(0, MAX_INPUT_SHORT_SIDE),
                    help="input resolution: resize the short side to this, 0 = native (default: the resolution the "
                         "model was validated at during training, from the checkpoint)")
-    p.add_argument("--full-res", action="store_true", help="score at the original mask resolution (logits upsampled)")
-    p.add_argument("--score-short-side", type=int,
-                   help="score on masks resized to this short side (default: the input resolution)")
+    scoring = p.add_mutually_exclusive_group()  # one scoring resolution per run
+    scoring.add_argument("--full-res", action="store_true",
+                         help="score at the original mask resolution (logits upsampled)")
+    scoring.add_argument("--score-short-side", type=int,
+                         help="score on masks resized to this short side (default: the input resolution)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the logits of each image "
                                                     "and its mirror image (twice the compute)")
     p.add_argument("--out", help="JSON file for the metrics (default: <checkpoint>.<dataset>-<split>.json)")
@@ -171,9 +173,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
     from .metrics import format_summary
 
-    if args.full_res and args.score_short_side:
-        raise WeedsegError("--full-res scores the whole masks and --score-short-side scores masks resized to that "
-                           "short side: give one of them (one run each for both figures)")
     out, where = metrics_path(args)
     check_writable(out)  # before the evaluation, not after it
     summary = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_root,
