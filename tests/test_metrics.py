@@ -46,6 +46,9 @@ def test_focal_loss_without_focusing_is_cross_entropy_and_focusing_lowers_easy_p
     ce = torch.nn.functional.cross_entropy(logits, target)
     assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), ce)
     assert FocalLoss(gamma=2.0)(logits, target) < ce
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    weighted_ce = torch.nn.functional.cross_entropy(logits, target, weight=weights)
+    assert torch.allclose(FocalLoss(weights, gamma=0.0)(logits, target), weighted_ce)
 
 
 def test_dice_loss_is_zero_for_a_confident_correct_prediction_and_high_for_a_wrong_one():

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ from weedseg.data.transforms import TrainAugment
 from weedseg.evaluate import evaluate_checkpoint, predict_logits
 from weedseg.metrics import ConfusionMatrix
 from weedseg.runtime import warmup_cosine
-from weedseg.train import PRESETS, TrainConfig, copy_paste, resolve_init, schedule, train
+from weedseg.train import PRESETS, TrainConfig, copy_paste, parse_class_weights, resolve_init, schedule, train
 
 
 def read_log(run):
@@ -108,6 +109,29 @@ def test_existing_run_is_not_overwritten_by_accident(tmp_path, peanut_root):
         train(cfg)
     train(cfg, overwrite=True)
     assert len(read_log(tmp_path / "run")) == 1
+
+
+def test_class_weights_auto_follow_one_over_sqrt_frequency_and_numbers_are_checked():
+    class Masks:
+        """Two 'photos' whose masks hold 900 soil, 90 crop, 9 weed and 100 ignored pixels in all."""
+
+        masks = [np.array([0] * 900 + [1] * 40 + [2] * 9, np.uint8),
+                 np.array([1] * 50 + [255] * 100, np.uint8)]
+
+        def __len__(self) -> int:
+            return len(self.masks)
+
+        def load(self, i: int) -> tuple[None, np.ndarray]:
+            return None, self.masks[i]
+
+    auto = parse_class_weights("auto", Masks(), 3)
+    assert torch.allclose(auto.mean(), torch.tensor(1.0))
+    assert torch.allclose(auto / auto[0], torch.tensor([1.0, 900 / 90, 900 / 9]).sqrt())
+    assert parse_class_weights("1,2,4", Masks(), 3).tolist() == [1.0, 2.0, 4.0]
+    assert parse_class_weights("none", Masks(), 3) is None
+    for bad in ("1,2", "1,x,3"):
+        with pytest.raises(WeedsegError, match="3 comma-separated numbers"):
+            parse_class_weights(bad, Masks(), 3)
 
 
 def test_warmup_cosine_schedule():

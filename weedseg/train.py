@@ -190,6 +190,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     model = channels_last(model.to(device))
     meta = model_metadata(cfg.model, num_classes, data.classes, data.colors, mean, std)
     weights = parse_class_weights(cfg.class_weights, train_ds, num_classes)
+    if main and weights is not None:
+        print("class weights: " + ", ".join(f"{name} {w:.2f}" for name, w in zip(data.classes, weights.tolist())))
     criterion = build_loss(cfg.loss, None if weights is None else weights.to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps = len(loader)
