@@ -105,7 +105,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {defaults.lr})")
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--loss", choices=LOSSES, help="default: focal+dice (cpu preset), jaccard (paper preset)")
-    p.add_argument("--class-weights", help="none, auto (1/sqrt of class frequency) or numbers, e.g. 1,2,4")
+    p.add_argument("--class-weights", help="none (default), auto (1/sqrt of class frequency) or numbers, e.g. 1,2,4 "
+                   "(auto cost 0.6 val mIoU on peanut: for fields where a class is rare)")
     p.add_argument("--eval-short-side", type=int, help=f"validation resolution (default {defaults.eval_short_side})")
     p.add_argument("--eval-every", type=int, help="validate every N epochs (default: about 40 validations per run)")
     p.add_argument("--smooth-evals", type=int,
