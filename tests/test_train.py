@@ -115,8 +115,8 @@ def test_class_weights_auto_follow_one_over_sqrt_frequency_and_numbers_are_check
     class Masks:
         """Two 'photos' whose masks hold 900 soil, 90 crop, 9 weed and 100 ignored pixels in all."""
 
-        masks = [np.array([0] * 900 + [1] * 40 + [2] * 9, np.uint8),
-                 np.array([1] * 50 + [255] * 100, np.uint8)]
+        masks = [np.array([0] * 900 + [1] * 40 + [2] * 9 + [255] * 51, np.uint8).reshape(40, 25),
+                 np.array([1] * 50 + [255] * 49, np.uint8).reshape(9, 11)]
 
         def __len__(self) -> int:
             return len(self.masks)

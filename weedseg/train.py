@@ -125,11 +125,10 @@ def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: in
     if spec == "none":
         return None
     if spec == "auto":
-        counts = torch.zeros(num_classes, dtype=torch.float64)
-        for i in range(len(dataset)):
-            labels = torch.from_numpy(dataset.load(i)[1]).flatten().long()
-            counts += torch.bincount(labels[labels < num_classes], minlength=num_classes)  # ignored pixels left out
-        return inverse_sqrt_frequency_weights(counts)
+        from .infer.outputs import class_counts  # counts in strips: memory stays small on large masks
+
+        counts = sum(class_counts(dataset.load(i)[1], num_classes) for i in range(len(dataset)))  # ignored left out
+        return inverse_sqrt_frequency_weights(torch.from_numpy(counts))
     try:
         weights = [float(v) for v in spec.split(",")]
     except ValueError:
