@@ -185,6 +185,19 @@ def test_crop_zoom_keeps_the_inference_scale_whatever_the_photo_size():
     assert TrainAugment(256).area_range(720, 960) == (0.25, 1.0)
 
 
+def test_rotate90_adds_the_quarter_turns_and_moves_image_and_mask_together():
+    mask = np.arange(16, dtype=np.uint8).reshape(4, 4)  # no two of its 8 symmetries are alike
+    image = np.repeat(mask[..., None] * 10, 3, axis=2)
+    for rotate90, expected in ((False, 2), (True, 8)):
+        augment = TrainAugment(4, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter=0.0, hue=0.0, rotate90=rotate90)
+        seen = set()
+        for seed in range(64):
+            x, m = augment(image, mask, np.random.default_rng(seed))
+            assert (x[..., 0] == m * 10).all() and m.flags.c_contiguous
+            seen.add(m.tobytes())
+        assert len(seen) == expected
+
+
 def test_copy_paste_pastes_only_the_named_class_over_the_crop_the_seed_gives(peanut):
     samples = peanut.splits["train"][:6]
     plain = SegmentationDataset(peanut.layout, samples, TrainAugment(64), [0.0] * 3, [1.0] * 3)

@@ -58,6 +58,7 @@ class TrainConfig:
     train_fraction: float = 1.0
     pseudo_labels: tuple[str, ...] = ()  # `weedseg predict` output folders whose masks join the train split
     copy_paste: tuple[str, ...] = ()  # classes pasted from another crop into half of the training crops
+    rotate90: bool = False  # also rotate training crops by multiples of 90 degrees (photos taken looking down)
     seed: int = 0
     workers: int = -1  # -1: automatic
     device: str = "auto"
@@ -98,7 +99,8 @@ def resolve_init(init: str | None, model: str, verbose: bool = True) -> Path | N
 def augmentation(cfg: TrainConfig) -> TrainAugment:
     """The training augmentation: crops by area fraction, or by zoom at the evaluation resolution."""
     zoom = tuple(cfg.crop_zoom) if cfg.crop_zoom else None
-    return TrainAugment(cfg.crop, tuple(cfg.crop_scale), zoom=zoom, input_short_side=cfg.eval_short_side)
+    return TrainAugment(cfg.crop, tuple(cfg.crop_scale), zoom=zoom, input_short_side=cfg.eval_short_side,
+                        rotate90=cfg.rotate90)
 
 
 def copy_paste(classes: tuple[str, ...], data_classes: list[str]) -> CopyPaste | None:

@@ -82,7 +82,8 @@ def resize_short_side(image: np.ndarray, short_side: int, nearest: bool = False)
 
 @dataclass
 class TrainAugment:
-    """Random resized crop, horizontal flip and colour jitter (the paper's fine-tuning recipe).
+    """Random resized crop, horizontal flip and colour jitter (the paper's fine-tuning recipe); with
+    `rotate90` also a rotation by a random multiple of 90 degrees (with the flip: all 8 symmetries of a square).
 
     A crop covers an area fraction in `scale` of the photo, unless `zoom` is given: then it covers
     (size x zoom)^2 pixels of the photo as the model sees it at inference (short side
@@ -97,6 +98,7 @@ class TrainAugment:
     hue: float = 0.02
     zoom: tuple[float, float] | None = None
     input_short_side: int = 0
+    rotate90: bool = False
 
     def area_range(self, height: int, width: int) -> tuple[float, float]:
         """The crop's area fraction range for a photo of this size."""
@@ -111,6 +113,9 @@ class TrainAugment:
         image, mask = random_resized_crop(image, mask, self.size, scale, self.ratio, rng)
         if rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
+        if self.rotate90:
+            turns = int(rng.integers(4))
+            image, mask = np.rot90(image, turns), np.rot90(mask, turns)
         image = color_jitter(np.ascontiguousarray(image), rng, self.jitter, self.hue)
         return image, np.ascontiguousarray(mask)
 
