@@ -15,12 +15,14 @@ import torch
 from weedseg import WeedsegError
 from weedseg import train as train_module
 from weedseg.checkpoint import load_checkpoint, save_checkpoint
+from weedseg.cli import build_parser, config_from_args
 from weedseg.data import EvalResize, SegmentationDataset
 from weedseg.data.transforms import TrainAugment
 from weedseg.evaluate import evaluate_checkpoint, predict_logits
 from weedseg.metrics import ConfusionMatrix
 from weedseg.runtime import warmup_cosine
-from weedseg.train import PRESETS, TrainConfig, copy_paste, parse_class_weights, resolve_init, schedule, train
+from weedseg.train import (PRESETS, TrainConfig, augmentation, copy_paste, parse_class_weights, resolve_init, schedule,
+                           train)
 
 
 def read_log(run):
@@ -47,6 +49,7 @@ def test_short_training_lowers_loss_and_beats_all_soil(trained_run, peanut):
 def tiny_config(out, root, epochs=4):
     return TrainConfig(dataset="peanut", data_root=str(root), out=str(out), epochs=epochs, warmup_epochs=1,
                        crop_zoom=PRESETS["cpu"]["crop_zoom"], loss=PRESETS["cpu"]["loss"],  # as the CLI's cpu preset
+                       rotate90=PRESETS["cpu"]["rotate90"],
                        train_fraction=0.06, eval_short_side=96, seed=3, workers=0)
 
 
@@ -196,6 +199,16 @@ def test_rotate90_adds_the_quarter_turns_and_moves_image_and_mask_together():
             assert (x[..., 0] == m * 10).all() and m.flags.c_contiguous
             seen.add(m.tobytes())
         assert len(seen) == expected
+
+
+def test_cpu_preset_rotates_unless_no_rotate90_is_given():
+    def config(*flags):
+        return config_from_args(TrainConfig, PRESETS, build_parser().parse_args(["train", *flags]), "unused")
+
+    assert config().rotate90 and augmentation(config()).rotate90
+    assert not config("--no-rotate90").rotate90 and not augmentation(config("--no-rotate90")).rotate90
+    assert not config("--budget", "paper").rotate90
+    assert not TrainConfig().rotate90  # a run folder written before the option resumes without rotations
 
 
 def test_copy_paste_pastes_only_the_named_class_over_the_crop_the_seed_gives(peanut):

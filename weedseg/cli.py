@@ -118,9 +118,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--copy-paste", nargs="+", metavar="CLASS",
                    help="copy-paste augmentation: half of the training crops get the CLASS pixels (e.g. weed) of "
                         "another photo's crop pasted over them, image and label alike")
-    p.add_argument("--rotate90", action="store_true", default=None,
+    p.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
                    help="also rotate training crops by a random multiple of 90 degrees (with the flip, all 8 "
-                        "symmetries of a square): for photos taken looking straight down, which have no 'up'")
+                        "symmetries of a square; the cpu preset does, +0.20 val mIoU on peanut in 3 of 3 seeds): for "
+                        "photos taken looking down, which have no 'up'; --no-rotate90 for photos taken at a slant")
     p.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
     p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")

@@ -58,7 +58,7 @@ class TrainConfig:
     train_fraction: float = 1.0
     pseudo_labels: tuple[str, ...] = ()  # `weedseg predict` output folders whose masks join the train split
     copy_paste: tuple[str, ...] = ()  # classes pasted from another crop into half of the training crops
-    rotate90: bool = False  # also rotate training crops by multiples of 90 degrees (photos taken looking down)
+    rotate90: bool = False  # also rotate training crops by multiples of 90 degrees (photos taken looking down; cpu preset)
     seed: int = 0
     workers: int = -1  # -1: automatic
     device: str = "auto"
@@ -74,9 +74,10 @@ CHECKPOINT_EVERY_S = 30.0  # the most training an interruption between validatio
 PRESETS: dict[str, dict] = {
     # 8000 iterations (229 epochs of the 280 peanut training images), counted in iterations so that a small
     # dataset trains as long as peanut; 256 px crops of the photo at short side 480, zoomed 0.69-1.45x, focal +
-    # soft Dice loss, inference at short side 480: the best recipe on peanut validation (docs/accuracy.md)
+    # soft Dice loss, quarter-turn rotations besides the mirror, inference at short side 480: the best recipe on
+    # peanut validation (docs/accuracy.md)
     "cpu": {"model": "unet-resnet18-quarter", "iterations": 8000, "batch_size": 8, "warmup_iterations": 350,
-            "crop_zoom": (0.685, 1.45), "eval_short_side": 480, "loss": "focal+dice"},
+            "crop_zoom": (0.685, 1.45), "eval_short_side": 480, "loss": "focal+dice", "rotate90": True},
     # the paper's fine-tuning budget, for a GPU
     "paper": {"model": "unet-resnet34", "epochs": 500, "batch_size": 8, "warmup_epochs": 10},
 }
