@@ -108,12 +108,12 @@ def test_flip_tta_switch_segments_again_with_the_mirror_image(models, photo, mon
     at = start_app(models, monkeypatch)
     at.file_uploader[0].set_value([("field.jpg", photo.read_bytes(), "image/jpeg")]).run()
     (plain_key, _), = at.session_state["results"].items()
-    assert plain_key[1] is False and "with flip TTA" not in at.sidebar.caption[0].value
+    assert plain_key[1] is None and "with flip TTA" not in at.sidebar.caption[0].value
     at.sidebar.checkbox[0].check().run()
     assert not at.exception
     (tta_key, tta), = at.session_state["results"].items()  # the plain result is dropped, not shown twice
-    assert tta_key[1] is True and tta_key[2:] == plain_key[2:] and "with flip TTA" in at.sidebar.caption[0].value
-    seg = Segmenter(models / "test.onnx", engine="auto", tta=True)
+    assert tta_key[1] == "flip" and tta_key[2:] == plain_key[2:] and "with flip TTA" in at.sidebar.caption[0].value
+    seg = Segmenter(models / "test.onnx", engine="auto", tta="flip")
     expected = segment_upload(seg, photo.read_bytes(), "field.jpg", OPTIONS.short_side, OPTIONS.tile,
                               OPTIONS.overlap, OPTIONS.batch_size)
     np.testing.assert_array_equal(tta.mask, expected.mask)  # (the untrained model may give one class everywhere,

@@ -55,7 +55,7 @@ class FakeSegmenter:
         self.info = ModelInfo("fake", ["soil", "crop", "weed"], [[0, 0, 0], [0, 255, 0], [255, 0, 0]], [0.5] * 3,
                               [0.25] * 3, 32, short_side, "test")
         self.calls = 0
-        self.tta = False
+        self.tta = None
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / 255.0
@@ -183,12 +183,21 @@ def test_tiled_prediction_agrees_with_whole_image(model, field_image):
 
 
 def test_flip_tta_averages_the_mirror_image_and_is_mirror_symmetric(model, field_image):
-    plain, tta = Segmenter(model, device="cpu"), Segmenter(model, device="cpu", tta=True)
+    plain, tta = Segmenter(model, device="cpu"), Segmenter(model, device="cpu", tta="flip")
     x = plain.model_input(field_image)[None]
     mirror = np.ascontiguousarray(x[..., ::-1])
     np.testing.assert_allclose(tta.run(x), (plain.run(x) + plain.run(mirror)[..., ::-1]) / 2, atol=1e-5)
     np.testing.assert_allclose(tta.run(mirror), tta.run(x)[..., ::-1], atol=1e-4)
     assert not np.allclose(plain.run(mirror), plain.run(x)[..., ::-1], atol=1e-4)  # the model alone is not
+
+
+def test_rotate_tta_runs_the_exported_model_on_quarter_turned_inputs(model, field_image):
+    """Quarter turns swap height and width: the ONNX model takes them, and the mean treats a turned photo alike."""
+    seg = Segmenter(model, device="cpu", tta="rotate")
+    x = seg.model_input(field_image)[None]
+    assert x.shape[-2] != x.shape[-1]
+    turned = np.ascontiguousarray(np.rot90(x, 1, axes=(-2, -1)))
+    np.testing.assert_allclose(seg.run(turned), np.rot90(seg.run(x), 1, axes=(-2, -1)), atol=1e-4)
 
 
 def test_tile_blending_is_exact_and_streams_bounded_bands():

@@ -167,8 +167,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                          help="score at the original mask resolution (logits upsampled)")
     scoring.add_argument("--score-short-side", type=int,
                          help="score on masks resized to this short side (default: the input resolution)")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the logits of each image "
-                                                    "and its mirror image (twice the compute)")
+    add_tta_arguments(p, "")
     p.add_argument("--out", help="JSON file for the metrics (default: <checkpoint>.<dataset>-<split>.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.set_defaults(func=run_evaluate)
@@ -181,13 +180,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out, where = metrics_path(args)
     check_writable(out)  # before the evaluation, not after it
     summary = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_root,
-                                  args.short_side, args.full_res, args.device, args.tta,
+                                  args.short_side, args.full_res, args.device, tta_mode(args),
                                   args.score_short_side)
     print(f"{args.dataset} {args.split}: {summary['images']} images, scored at {summary['scored_at']}")
     print(format_summary(summary))
     out.write_text(json.dumps(summary, indent=2))
     print(f"metrics written to {out}{where}")
     return 0
+
+
+def add_tta_arguments(p: argparse.ArgumentParser, flip_gain: str) -> None:
+    """--tta and --tta-rotate (weedseg.tta); `flip_gain` ends the --tta help with what it measured."""
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the logits of each image "
+                                                    f"and its mirror image (twice the compute{flip_gain})")
+    p.add_argument("--tta-rotate", action="store_true",
+                   help="also average over the quarter turns of both: all 8 symmetries of a square (8 times the "
+                        "compute), for photos taken looking straight down (docs/accuracy.md)")
+
+
+def tta_mode(args: argparse.Namespace) -> str | None:
+    """The weedseg.tta mode the TTA flags ask for."""
+    return "rotate" if args.tta_rotate else "flip" if args.tta else None
 
 
 def metrics_path(args: argparse.Namespace) -> tuple[Path, str]:
@@ -349,10 +362,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "(docs/inference.md); openvino needs pip install 'weedseg[openvino]'")
     p.add_argument("--threads", type=int_in(0), default=0, help="inference threads (default: all cores)")
     p.add_argument("--workers", type=int_in(0), default=0, help="reader and writer threads each (default: automatic)")
-    p.add_argument("--tta", action="store_true",
-                   help="flip test-time augmentation: average the logits of each image and its mirror image (twice "
-                        "the compute; on peanut +0.3 val mIoU for models trained on 28 or 70 photos, +0.1 to +0.2 "
-                        "on all 280, +0.03 for the shipped default)")
+    add_tta_arguments(p, "; on peanut +0.3 val mIoU for models trained on 28 or 70 photos, +0.1 to +0.2 on all "
+                         "280, +0.03 for the shipped default")
     g = p.add_argument_group("ground units and spot spraying (docs/spray-maps.md)")
     g.add_argument("--gsd", type=float, metavar="CM_PER_PIXEL",
                    help="ground sampling distance of every image (default: a GeoTIFF's pixel scale, or EXIF with "
@@ -382,7 +393,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False, engine=args.engine,
-                    tta=args.tta)
+                    tta=tta_mode(args))
     options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
                              args.overlay_format, args.overwrite, args.workers,
                              GroundOptions(args.gsd, args.altitude, args.sensor_width_mm),

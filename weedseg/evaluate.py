@@ -14,23 +14,18 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import EvalResize, LabelledData, SegmentationDataset, open_dataset
 from .metrics import ConfusionMatrix
 from .runtime import channels_last, resolve_device, to_device
-
-
-def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """The model's logits for batch `x`; with `tta`, the mean over `x` and its horizontal mirror."""
-    logits = model(x)
-    return (logits + model(x.flip(-1)).flip(-1)) / 2 if tta else logits
+from .tta import tta_logits
 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset: SegmentationDataset, num_classes: int,
                    device: torch.device, progress: bool = False, order: list[int] | None = None,
-                   tta: bool = False) -> ConfusionMatrix:
+                   tta: str | None = None) -> ConfusionMatrix:
     """Predict every image of `dataset` one at a time (sizes may differ) and accumulate the confusion matrix.
 
     Logits are resized to the mask's size when they differ (full-resolution scoring). `order[i]`
     is the model output of the dataset's class i, when the two list their classes differently.
-    `tta`: average the logits of the image and of its mirror image (flip test-time augmentation).
+    `tta`: a test-time augmentation of weedseg.tta (flip, rotate), or None.
     """
     was_training = model.training
     model.eval()
@@ -38,7 +33,7 @@ def evaluate_model(model: nn.Module, dataset: SegmentationDataset, num_classes: 
     for i in tqdm(range(len(dataset)), desc="evaluating", unit="img",
                   leave=True, disable=not progress):  # leave: the bar ends its line, logs stay readable
         image, mask = dataset[i]
-        logits = predict_logits(model, to_device(image.unsqueeze(0), device), tta)
+        logits = tta_logits(model, to_device(image.unsqueeze(0), device), tta)
         if order is not None:
             logits = logits[:, order]
         if logits.shape[-2:] != mask.shape[-2:]:
@@ -50,7 +45,7 @@ def evaluate_model(model: nn.Module, dataset: SegmentationDataset, num_classes: 
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str, split: str = "test", data_root: str | None = None,
                         short_side: int | None = None, full_res: bool = False, device: str = "auto",
-                        tta: bool = False, score_short_side: int | None = None) -> dict:
+                        tta: str | None = None, score_short_side: int | None = None) -> dict:
     """Evaluate a saved model on a dataset split; returns the metrics summary plus what was evaluated.
 
     `short_side` None takes the resolution the model was validated at in training (else 256); 0 is native.
@@ -67,7 +62,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str, split: str = "test
     summary.update(
         checkpoint=str(checkpoint), dataset=dataset, split=split, images=len(ds),
         input_short_side=short_side,
-        tta="flip" if tta else None,
+        tta=tta,
         scored_at=("full resolution" if full_res or (short_side == 0 and not score_short_side)
                    else f"short side {score_short_side or short_side}")
         + f", model input {'native' if short_side == 0 else f'short side {short_side}'}",

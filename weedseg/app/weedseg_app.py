@@ -43,7 +43,7 @@ TTA_HELP = ("Also segment each photo's mirror image and average the two, as `wee
 def load_segmenter(path: str, mtime: float, tta: bool) -> Segmenter:
     """The model file in the faster engine here (weedseg.infer.engines), loaded once per file version and TTA
     setting for all visitors."""
-    return Segmenter(path, engine="auto", tta=tta)
+    return Segmenter(path, engine="auto", tta="flip" if tta else None)
 
 
 def choose_model() -> Segmenter:

@@ -406,7 +406,7 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
     predictor = Predictor(seg, options)
     record = run_record(seg.path, seg.info.classes, root,
                         {"short_side": predictor.short_side, "tile": options.tile, "overlap": options.overlap,
-                         "overlay_format": options.overlay_format, "tta": "flip" if seg.tta else None})
+                         "overlay_format": options.overlay_format, "tta": seg.tta})
     rows: dict[int, dict] = {}
     summary = RunSummary()
     start = time.perf_counter()

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import WeedsegError
 from ..resources import WEIGHTS_DIR
+from ..tta import tta_logits
 from .engines import choose_faster, open_engine
 from .metadata import ModelInfo
 
@@ -43,12 +44,12 @@ class Segmenter:
     `engine`: onnxruntime (the default here), openvino, or auto (the faster one on this machine, see
     weedseg.infer.engines). `threads`: 0 uses every core this process may use. `spin=False` stops idle
     ONNX Runtime threads from busy-waiting, leaving the cores to the decoding and writing threads of a pipeline.
-    `tta`: flip test-time augmentation, the mean of the logits of each input and of its mirror image (twice the
-    model calls).
+    `tta`: a test-time augmentation of weedseg.tta: flip (the mean of the logits of each input and of its mirror
+    image, twice the model calls), rotate (also the quarter turns of both, 8 calls), or None.
     """
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, spin: bool = True,
-                 engine: str = "onnxruntime", tta: bool = False) -> None:
+                 engine: str = "onnxruntime", tta: str | None = None) -> None:
         self.path = Path(path)
         self.tta = tta
         threads = threads or cpu_count()
@@ -75,11 +76,7 @@ class Segmenter:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, classes, H, W) for a normalised float32 batch (N, 3, H, W)."""
-        logits = self.engine.run(batch)
-        if self.tta:
-            mirrored = self.engine.run(np.ascontiguousarray(batch[..., ::-1]))
-            logits = (logits + mirrored[..., ::-1]) / 2
-        return logits
+        return tta_logits(lambda b: self.engine.run(np.ascontiguousarray(b)), batch, self.tta)
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB -> normalised 3xHxW float32, as the model was trained."""
