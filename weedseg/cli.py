@@ -363,7 +363,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int_in(0), default=0, help="inference threads (default: all cores)")
     p.add_argument("--workers", type=int_in(0), default=0, help="reader and writer threads each (default: automatic)")
     add_tta_arguments(p, "; on peanut +0.3 val mIoU for models trained on 28 or 70 photos, +0.1 to +0.2 on all "
-                         "280, +0.03 for the shipped default")
+                         "280, +0.07 for the shipped default")
     g = p.add_argument_group("ground units and spot spraying (docs/spray-maps.md)")
     g.add_argument("--gsd", type=float, metavar="CM_PER_PIXEL",
                    help="ground sampling distance of every image (default: a GeoTIFF's pixel scale, or EXIF with "
