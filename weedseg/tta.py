@@ -40,17 +40,17 @@ def tta_logits(run: Callable[[Array], Array], x: Array, mode: str | None) -> Arr
 
 def _view(x: Array, mirrored: bool, k: int) -> Array:
     """Mirror `x` left-right if asked, then turn it `k` quarter turns counter-clockwise."""
-    if mirrored:
-        x = x[..., ::-1] if isinstance(x, np.ndarray) else x.flip(-1)
-    return _turn(x, k)
+    return _turn(_mirror(x) if mirrored else x, k)
 
 
 def _unview(y: Array, mirrored: bool, k: int) -> Array:
     """Undo `_view` on logits: turn back, then mirror back."""
     y = _turn(y, -k)
-    if mirrored:
-        y = y[..., ::-1] if isinstance(y, np.ndarray) else y.flip(-1)
-    return y
+    return _mirror(y) if mirrored else y
+
+
+def _mirror(x: Array) -> Array:
+    return x[..., ::-1] if isinstance(x, np.ndarray) else x.flip(-1)
 
 
 def _turn(x: Array, k: int) -> Array:
