@@ -104,20 +104,25 @@ def test_upload_shows_results_and_bad_files_their_message(models, photo, monkeyp
     assert at.metric[3].value.endswith("of 48")  # 8 x 6 cells of 128 px
 
 
-def test_flip_tta_switch_segments_again_with_the_mirror_image(models, photo, monkeypatch):
+@pytest.mark.parametrize("choice, mode, caption", [("Flip (2x the time)", "flip", "with flip TTA"),
+                                                   ("Flip and quarter turns (8x the time)", "rotate",
+                                                    "with flip and quarter-turn TTA")])
+def test_tta_choice_segments_again_with_the_mirrored_and_turned_copies(models, photo, monkeypatch, choice, mode,
+                                                                       caption):
     at = start_app(models, monkeypatch)
     at.file_uploader[0].set_value([("field.jpg", photo.read_bytes(), "image/jpeg")]).run()
     (plain_key, _), = at.session_state["results"].items()
-    assert plain_key[1] is None and "with flip TTA" not in at.sidebar.caption[0].value
-    at.sidebar.checkbox[0].check().run()
+    assert plain_key[1] is None and "TTA" not in at.sidebar.caption[0].value
+    tta_box, = [b for b in at.sidebar.selectbox if b.label == "Test-time augmentation"]
+    tta_box.set_value(choice).run()
     assert not at.exception
     (tta_key, tta), = at.session_state["results"].items()  # the plain result is dropped, not shown twice
-    assert tta_key[1] == "flip" and tta_key[2:] == plain_key[2:] and "with flip TTA" in at.sidebar.caption[0].value
-    seg = Segmenter(models / "test.onnx", engine="auto", tta="flip")
+    assert tta_key[1] == mode and tta_key[2:] == plain_key[2:] and caption in at.sidebar.caption[0].value
+    seg = Segmenter(models / "test.onnx", engine="auto", tta=mode)
     expected = segment_upload(seg, photo.read_bytes(), "field.jpg", OPTIONS.short_side, OPTIONS.tile,
                               OPTIONS.overlap, OPTIONS.batch_size)
     np.testing.assert_array_equal(tta.mask, expected.mask)  # (the untrained model may give one class everywhere,
-    # so the plain mask can equal it; test_predict checks that TTA averages the mirror image)
+    # so the plain mask can equal it; tests/test_tta.py checks the mean over the copies)
 
 
 def test_without_a_usable_model_the_page_says_what_to_do(tmp_path, monkeypatch):

@@ -34,20 +34,23 @@ SHOWN = {"image": "Image", "status": "Status", "crop_pct": "Crop %", "weed_pct":
          "sprayed_pct": "Sprayed %", "weed_m2": "Weed m²", "crop_m2": "Crop m²", "error": "Problem"}
 
 
-TTA_HELP = ("Also segment each photo's mirror image and average the two, as `weedseg predict --tta`: twice the time. "
-            "It gained 0.3-0.4 mIoU for models trained on a few dozen photos, next to nothing for the shipped "
-            "default (docs/accuracy.md)")
+TTA_CHOICES = {"Off": None, "Flip (2x the time)": "flip", "Flip and quarter turns (8x the time)": "rotate"}
+TTA_CAPTIONS = {None: "", "flip": ", with flip TTA", "rotate": ", with flip and quarter-turn TTA"}
+TTA_HELP = ("Test-time augmentation, as `weedseg predict --tta` / `--tta-rotate`: the photo is also segmented "
+            "mirrored (and turned by quarter turns) and the scores averaged. Flip gained 0.3-0.4 val mIoU for models "
+            "trained on a few dozen photos and +0.07 for the shipped default; the turns suit photos taken looking "
+            "straight down and gained +0.08 for the default (docs/accuracy.md)")
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
-def load_segmenter(path: str, mtime: float, tta: bool) -> Segmenter:
+def load_segmenter(path: str, mtime: float, tta: str | None) -> Segmenter:
     """The model file in the faster engine here (weedseg.infer.engines), loaded once per file version and TTA
     setting for all visitors."""
-    return Segmenter(path, engine="auto", tta="flip" if tta else None)
+    return Segmenter(path, engine="auto", tta=tta)
 
 
 def choose_model() -> Segmenter:
-    """Sidebar model selector over the *.onnx files of the models folder and the flip TTA switch; stops the page
+    """Sidebar model selector over the *.onnx files of the models folder and the TTA choice; stops the page
     if no model loads."""
     folder = Path(os.environ.get(MODELS_ENV) or DEFAULT_MODEL.parent)
     models = sorted(folder.glob("*.onnx"))
@@ -58,7 +61,7 @@ def choose_model() -> Segmenter:
     names = [m.name for m in models]
     default = names.index(DEFAULT_MODEL.name) if DEFAULT_MODEL.name in names else 0
     name = st.sidebar.selectbox("Model", names, index=default, help=f"ONNX models in {folder}")
-    tta = st.sidebar.checkbox("Flip TTA (twice as slow)", value=False, help=TTA_HELP)
+    tta = TTA_CHOICES[st.sidebar.selectbox("Test-time augmentation", list(TTA_CHOICES), help=TTA_HELP)]
     path = folder / name
     try:
         return load_segmenter(str(path), path.stat().st_mtime, tta)
@@ -227,7 +230,7 @@ def main() -> None:
                                         0.5, help="a grid cell is sprayed from this weed cover on")
     st.sidebar.caption(f"{info.model_name}, {info.precision}, classes {', '.join(info.classes)}; images are "
                        f"segmented at a short side of {info.input_short_side or 'full'} px"
-                       f"{', with flip TTA' if seg.tta else ''}. Limit: "
+                       f"{TTA_CAPTIONS[seg.tta]}. Limit: "
                        f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels per photo, {SESSION_FILES} photos and "
                        f"{SESSION_PIXELS / 1e6:g} megapixels at once.")
     st.write("Drop field photos below. Each one is segmented into "
