@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from weedseg.experiment.report import fmt_ci, paired_difference
+from weedseg.train import best_rank
 
 FIGURES = {"val full": ("val-full", None), "test full": ("test-full", None),
            "test weed": ("test-full", "weed"), "test 256": ("test-256", None)}
@@ -37,8 +38,12 @@ def figures(run: Path) -> dict[str, float]:
     log = run / "metrics.jsonl"
     if log.is_file():
         evals = [row for row in map(json.loads, log.read_text().splitlines()) if "val_miou_smoothed" in row]
-        if evals:  # best.pt is saved where the smoothed validation mIoU peaks (the first such epoch)
-            out[TRAINING_VAL] = 100 * max(evals, key=lambda row: row["val_miou_smoothed"])["val_miou"]
+        config = run / "config.json"
+        window = json.loads(config.read_text()).get("smooth_evals", 3) if config.is_file() else 3
+        if evals:  # best.pt: where the smoothed validation mIoU peaks (the first such epoch; full windows first)
+            mious = [row["val_miou"] for row in evals]
+            best = max(range(len(evals)), key=lambda i: best_rank(mious[max(0, i + 1 - window):i + 1], window))
+            out[TRAINING_VAL] = 100 * evals[best]["val_miou"]
     return out
 
 

@@ -21,8 +21,8 @@ from weedseg.data.transforms import TrainAugment
 from weedseg.evaluate import evaluate_checkpoint
 from weedseg.metrics import ConfusionMatrix
 from weedseg.runtime import warmup_cosine
-from weedseg.train import (PRESETS, TrainConfig, augmentation, copy_paste, parse_class_weights, resolve_init, schedule,
-                           train)
+from weedseg.train import (PRESETS, TrainConfig, augmentation, best_rank, copy_paste, parse_class_weights, resolve_init,
+                           schedule, train)
 
 
 def read_log(run):
@@ -159,7 +159,16 @@ def test_iteration_budget_and_smoothed_best(tmp_path, peanut_root):
     assert smoothed[0] == log[0]["val_miou"]
     assert abs(smoothed[2] - (log[1]["val_miou"] + log[2]["val_miou"]) / 2) < 1e-12
     best = load_checkpoint(tmp_path / "run" / "best.pt")["metrics"]["epoch"]
-    assert best == 1 + max(range(4), key=lambda i: smoothed[i])
+    assert best == 1 + max(range(1, 4), key=lambda i: smoothed[i])  # the first mean (of 1) is not a full window
+
+
+def test_a_lucky_first_validation_does_not_become_best():
+    """A continued run starts near its peak: one high first pass must not outrank the means of full windows."""
+    scores, recent = [0.875, 0.5, 0.625, 0.75], []  # binary fractions: exact means
+    ranks = [best_rank(recent := (recent + [x])[-2:], 2) for x in scores]
+    assert ranks == [(False, 0.875), (True, 0.6875), (True, 0.5625), (True, 0.6875)]
+    assert max(range(4), key=lambda i: ranks[i]) == 1  # the first full window; the highest mean is the first pass
+    assert best_rank([0.8], 1) == (True, 0.8) and best_rank([0.8], 0) == (True, 0.8)
 
 
 def test_flip_tta_and_scoring_resolution(trained_run, peanut):

@@ -110,7 +110,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-short-side", type=int, help=f"validation resolution (default {defaults.eval_short_side})")
     p.add_argument("--eval-every", type=int, help="validate every N epochs (default: about 40 validations per run)")
     p.add_argument("--smooth-evals", type=int,
-                   help=f"best.pt is where the mean of the last N validation mIoUs peaks (default {defaults.smooth_evals})")
+                   help=f"best.pt is where the mean of the last N validation mIoUs peaks; the first N-1 count only until "
+                        f"N have run (default {defaults.smooth_evals})")
     p.add_argument("--train-fraction", type=float, help="use only this fraction of the training split (low-data runs)")
     p.add_argument("--pseudo-labels", nargs="+", metavar="FOLDER",
                    help="train also on the masks `weedseg predict --outputs mask` wrote into FOLDER for unlabelled "

@@ -123,6 +123,13 @@ def schedule(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
     return cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch, cfg.epochs
 
 
+def best_rank(recent: list[float], window: int) -> tuple[bool, float]:
+    """How best.pt ranks a validation: (window full, mean of the last `window` mIoUs). The first validations
+    of a run average fewer passes, so they are noisier: they rank below every full window, not only below a
+    higher mean (a continued run's first pass would otherwise win on one lucky score)."""
+    return len(recent) >= max(1, window), sum(recent) / len(recent)
+
+
 def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: int) -> torch.Tensor | None:
     """Class weights from a config string (see TrainConfig.class_weights)."""
     if spec == "none":
@@ -204,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     )
     use_amp, amp_dtype, scaler = mixed_precision(cfg.amp, device)
 
-    start_epoch, best, recent = 0, {"miou": -1.0}, []
+    start_epoch, best, recent = 0, {"miou": -1.0, "smoothed": -1.0, "full": False}, []
     saved_epoch, saved_at = 0, time.monotonic()  # epochs in last.pt, and when it was written
     if state is None:
         if main:
@@ -267,10 +274,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             if validate:
                 val = evaluate_model(distributed.unwrap(model), val_ds, num_classes, device).summary(data.classes)
                 recent = (recent + [val["miou"]])[-max(1, cfg.smooth_evals):]
-                smoothed = sum(recent) / len(recent)
+                full, smoothed = best_rank(recent, cfg.smooth_evals)
                 record.update(val_miou=val["miou"], val_iou=val["iou"], val_miou_smoothed=smoothed)
-                if smoothed > best.get("smoothed", -1.0):
-                    best = {"epoch": epoch + 1, "miou": val["miou"], "iou": val["iou"], "smoothed": smoothed}
+                if (full, smoothed) > (best.get("full", "smoothed" in best), best.get("smoothed", -1.0)):
+                    best = {"epoch": epoch + 1, "miou": val["miou"], "iou": val["iou"], "smoothed": smoothed,
+                            "full": full}
                     save_checkpoint(out / "best.pt", model, meta, metrics={"val": val, "epoch": epoch + 1},
                                     config=asdict(cfg))
             with log_path.open("a") as f:
