@@ -144,7 +144,7 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(55, 100, 10, 0.01) < warmup_cosine(30, 100, 10, 0.01)
 
 
-def test_iteration_budget_and_smoothed_best(tmp_path, peanut_root):
+def test_iteration_budget_and_smoothed_best(tmp_path, peanut_root, capsys):
     """An iteration budget fixes the optimiser steps whatever the dataset size (ending inside an epoch);
     best.pt follows the mean of the last `smooth_evals` validations."""
     cfg = TrainConfig(dataset="peanut", data_root=str(peanut_root), out=str(tmp_path / "run"), iterations=7,
@@ -160,6 +160,7 @@ def test_iteration_budget_and_smoothed_best(tmp_path, peanut_root):
     assert abs(smoothed[2] - (log[1]["val_miou"] + log[2]["val_miou"]) / 2) < 1e-12
     best = load_checkpoint(tmp_path / "run" / "best.pt")["metrics"]["epoch"]
     assert best == 1 + max(range(1, 4), key=lambda i: smoothed[i])  # the first mean (of 1) is not a full window
+    assert f"at epoch {best} (mean of the last 2 validations up to it" in capsys.readouterr().out
 
 
 def test_a_lucky_first_validation_does_not_become_best():

@@ -301,7 +301,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     distributed.barrier()
     if not main:
         return best
-    print(f"best validation mIoU {best['miou']:.4f} at epoch {best.get('epoch')} (mean of the last "
-          f"{cfg.smooth_evals} validations {best.get('smoothed', best['miou']):.4f}); weights in {out / 'best.pt'}")
+    window = f"the last {cfg.smooth_evals}" if best.get("full", True) else "all"  # fewer ran than the window
+    print(f"best validation mIoU {best['miou']:.4f} at epoch {best.get('epoch')} (mean of {window} validations up to "
+          f"it {best.get('smoothed', best['miou']):.4f}); weights in {out / 'best.pt'}")
     return best
 
