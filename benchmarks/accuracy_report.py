@@ -19,7 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from weedseg.experiment.report import fmt_ci, paired_difference
-from weedseg.train import best_rank
+from weedseg.curves import read_metrics, smoothing_window
+from weedseg.train import best_index
 
 FIGURES = {"val full": ("val-full", None), "test full": ("test-full", None),
            "test weed": ("test-full", "weed"), "test 256": ("test-256", None)}
@@ -35,15 +36,10 @@ def figures(run: Path) -> dict[str, float]:
         if path.is_file():
             scores = json.loads(path.read_text())
             out[name] = 100 * (scores["iou"][cls] if cls else scores["miou"])
-    log = run / "metrics.jsonl"
-    if log.is_file():
-        evals = [row for row in map(json.loads, log.read_text().splitlines()) if "val_miou_smoothed" in row]
-        config = run / "config.json"
-        window = json.loads(config.read_text()).get("smooth_evals", 3) if config.is_file() else 3
-        if evals:  # best.pt: where the smoothed validation mIoU peaks (the first such epoch; full windows first)
-            mious = [row["val_miou"] for row in evals]
-            best = max(range(len(evals)), key=lambda i: best_rank(mious[max(0, i + 1 - window):i + 1], window))
-            out[TRAINING_VAL] = 100 * evals[best]["val_miou"]
+    if (run / "metrics.jsonl").is_file():
+        mious = [row["val_miou"] for row in read_metrics(run) if "val_miou" in row]
+        if mious:  # the validation best.pt holds
+            out[TRAINING_VAL] = 100 * mious[best_index(mious, smoothing_window(run))]
     return out
 
 

@@ -19,6 +19,7 @@ from .infer.metadata import MAX_INPUT_SHORT_SIDE
 # The commands that need PyTorch (`pip install 'weedseg[train]'`) and their one-line help.
 TRAINING_COMMANDS = {
     "train": "train a segmentation model on a labelled dataset",
+    "curves": "draw the training curves of one or more runs (loss, validation mIoU, best.pt) into a PNG",
     "evaluate": "score a checkpoint on a dataset split (mIoU, per-class IoU, confusion)",
     "export": "export a checkpoint to ONNX (self-checked against torch; optional INT8)",
     "pretrain": "self-supervised pretraining on unlabeled images (selective or random masking)",
@@ -150,6 +151,25 @@ def run_train(args: argparse.Namespace) -> int:
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         distributed.shutdown()
+    return 0
+
+
+def add_curves_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("curves", help=TRAINING_COMMANDS["curves"],
+                       description="Train loss and validation mIoU per iteration of `weedseg train` runs, with the "
+                                   "validation best.pt holds marked; several runs share one picture. Works while a "
+                                   "run trains (`weedseg train` writes <out>/curves.png when it ends).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (the --out of `weedseg train`)")
+    p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, curves.png for several)")
+    p.set_defaults(func=run_curves)
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    from .curves import plot_curves
+
+    runs = [Path(run) for run in args.runs]
+    default = runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png")
+    print(f"training curves written to {plot_curves(runs, Path(args.out) if args.out else default)}")
     return 0
 
 
@@ -578,9 +598,9 @@ def run_dataset_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
-SUBCOMMANDS = {"train": add_train_parser, "evaluate": add_evaluate_parser, "export": add_export_parser,
-               "predict": add_predict_parser, "pretrain": add_pretrain_parser, "experiment": add_experiment_parser,
-               "app": add_app_parser, "dataset": add_dataset_parser}
+SUBCOMMANDS = {"train": add_train_parser, "curves": add_curves_parser, "evaluate": add_evaluate_parser,
+               "export": add_export_parser, "predict": add_predict_parser, "pretrain": add_pretrain_parser,
+               "experiment": add_experiment_parser, "app": add_app_parser, "dataset": add_dataset_parser}
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:

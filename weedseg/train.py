@@ -130,6 +130,12 @@ def best_rank(recent: list[float], window: int) -> tuple[bool, float]:
     return len(recent) >= max(1, window), sum(recent) / len(recent)
 
 
+def best_index(mious: list[float], window: int) -> int:
+    """Which of a run's validation mIoUs (in order) best.pt holds under `best_rank`: the first at the peak."""
+    ranks = [best_rank(mious[max(0, i + 1 - max(1, window)):i + 1], window) for i in range(len(mious))]
+    return max(range(len(mious)), key=lambda i: (ranks[i], -i))
+
+
 def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: int) -> torch.Tensor | None:
     """Class weights from a config string (see TrainConfig.class_weights)."""
     if spec == "none":
@@ -301,8 +307,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     distributed.barrier()
     if not main:
         return best
+    from .curves import plot_curves  # here, as weedseg.curves imports this module
+
     window = f"the last {cfg.smooth_evals}" if best.get("full", True) else "all"  # fewer ran than the window
     print(f"best validation mIoU {best['miou']:.4f} at epoch {best.get('epoch')} (mean of {window} validations up to "
-          f"it {best.get('smoothed', best['miou']):.4f}); weights in {out / 'best.pt'}")
+          f"it {best.get('smoothed', best['miou']):.4f}); weights in {out / 'best.pt'}; "
+          f"curves in {plot_curves([out], out / 'curves.png')}")
     return best
 

@@ -1,0 +1,68 @@
+"""Training curves as a picture: train loss and validation mIoU per iteration, with the validation best.pt
+holds marked. `weedseg train` writes <out>/curves.png when a run ends; `weedseg curves RUN...` draws one or
+several runs (also while they train) into one picture to compare them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import WeedsegError
+from .train import TrainConfig, best_index
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The records of <run>/metrics.jsonl; a half-written last line (a run still writing) is left out."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise WeedsegError(f"{run} has no metrics.jsonl: give the folder of a `weedseg train` run (its --out)")
+    records = []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    for n, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if n < len(lines):
+                raise WeedsegError(f"{path} line {n} is damaged; fix or delete that line") from None
+    return records
+
+
+def smoothing_window(run: Path) -> int:
+    """The run's --smooth-evals (from its config.json), which decides where best.pt is."""
+    config = run / "config.json"
+    window = json.loads(config.read_text()).get("smooth_evals") if config.is_file() else None
+    return window or TrainConfig.smooth_evals
+
+
+def plot_curves(runs: list[Path], out: Path) -> Path:
+    """Draw the runs' train loss and validation mIoU against iterations into the PNG `out`; returns it."""
+    from matplotlib.figure import Figure  # the [train] extra; no pyplot, so no GUI backend is needed
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_ax, val_ax = fig.subplots(1, 2)
+    for n, run in enumerate(runs):
+        records, colour = read_metrics(run), f"C{n % 10}"
+        name = run.name if len(runs) > 1 else None
+        loss_ax.plot([r["iteration"] for r in records], [r["train_loss"] for r in records], color=colour, lw=1,
+                     label=name)
+        evals = [r for r in records if "val_miou" in r]
+        if not evals:
+            continue
+        steps = [r["iteration"] for r in evals]
+        val_ax.plot(steps, [100 * r["val_miou"] for r in evals], "o", color=colour, ms=2.5, alpha=0.5)
+        val_ax.plot(steps, [100 * r["val_miou_smoothed"] for r in evals], color=colour, lw=1.5,
+                    label=f"{name + ': ' if name else ''}mean of the last {smoothing_window(run)}")
+        best = evals[best_index([r["val_miou"] for r in evals], smoothing_window(run))]
+        val_ax.plot(best["iteration"], 100 * best["val_miou"], "*", color=colour, ms=13, mec="black", mew=0.6,
+                    label=f"best.pt: iteration {best['iteration']:,}, {100 * best['val_miou']:.2f}")
+    loss_ax.set(xlabel="iteration", ylabel="train loss", title="training loss (mean per epoch)")
+    val_ax.set(xlabel="iteration", ylabel="mIoU (%)", title="validation mIoU (dots: each validation)")
+    for ax in (loss_ax, val_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if len(runs) == 1:
+        fig.suptitle(str(runs[0]), fontsize=9)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
