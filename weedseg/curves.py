@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from . import WeedsegError
 from .train import TrainConfig, best_index
 
@@ -40,6 +42,7 @@ def plot_curves(runs: list[Path], out: Path) -> Path:
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, val_ax = fig.subplots(1, 2)
+    shown: list[float] = []  # every validation mIoU drawn, in percent
     for n, run in enumerate(runs):
         records, colour = read_metrics(run), f"C{n % 10}"
         name = run.name if len(runs) > 1 else None
@@ -48,15 +51,20 @@ def plot_curves(runs: list[Path], out: Path) -> Path:
         evals = [r for r in records if "val_miou" in r]
         if not evals:
             continue
-        steps = [r["iteration"] for r in evals]
-        val_ax.plot(steps, [100 * r["val_miou"] for r in evals], "o", color=colour, ms=2.5, alpha=0.5)
+        steps, window = [r["iteration"] for r in evals], smoothing_window(run)
+        best = evals[best_index([r["val_miou"] for r in evals], window)]
+        where = f"best.pt: iteration {best['iteration']:,}, {100 * best['val_miou']:.2f}"
+        shown += [100 * r["val_miou"] for r in evals]
+        val_ax.plot(steps, shown[-len(evals):], "o", color=colour, ms=2.5, alpha=0.5)
         val_ax.plot(steps, [100 * r["val_miou_smoothed"] for r in evals], color=colour, lw=1.5,
-                    label=f"{name + ': ' if name else ''}mean of the last {smoothing_window(run)}")
-        best = evals[best_index([r["val_miou"] for r in evals], smoothing_window(run))]
+                    label=f"{name}, {where}" if name else f"mean of the last {window}")
         val_ax.plot(best["iteration"], 100 * best["val_miou"], "*", color=colour, ms=13, mec="black", mew=0.6,
-                    label=f"best.pt: iteration {best['iteration']:,}, {100 * best['val_miou']:.2f}")
+                    label=None if name else where)
     loss_ax.set(xlabel="iteration", ylabel="train loss", title="training loss (mean per epoch)")
-    val_ax.set(xlabel="iteration", ylabel="mIoU (%)", title="validation mIoU (dots: each validation)")
+    val_ax.set(xlabel="iteration", ylabel="mIoU (%)",
+               title="validation mIoU (line: running mean; star: best.pt)")
+    if len(shown) >= 10:  # the first passes, far below the rest, would squash the part worth reading
+        val_ax.set_ylim(bottom=float(np.percentile(shown, 10)) - 1)
     for ax in (loss_ax, val_ax):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
