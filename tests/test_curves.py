@@ -1,13 +1,14 @@
 """Training curves: the picture `weedseg train` leaves in its run folder and `weedseg curves` draws."""
 
 import shutil
+import sys
 
 import cv2
 import pytest
 
 from weedseg import WeedsegError
 from weedseg.cli import main
-from weedseg.curves import read_metrics
+from weedseg.curves import plot_curves, read_metrics
 
 
 def test_train_leaves_curves_and_the_command_draws_several_runs_also_while_one_writes(trained_run, tmp_path,
@@ -32,3 +33,9 @@ def test_curves_of_a_folder_without_a_run_or_with_a_damaged_log_say_what_to_do(t
                                             '{"epoch": 2, "iteration": 8, "train_loss": 0.9}\n')
     with pytest.raises(WeedsegError, match="line 2 is damaged"):
         read_metrics(tmp_path)
+
+
+def test_without_matplotlib_the_picture_is_refused_with_the_install_line(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if the [train] extra were missing
+    with pytest.raises(WeedsegError, match=r"needs matplotlib: pip install 'weedseg\[train\]'"):
+        plot_curves([trained_run], tmp_path / "c.png")

@@ -38,7 +38,10 @@ def smoothing_window(run: Path) -> int:
 
 def plot_curves(runs: list[Path], out: Path) -> Path:
     """Draw the runs' train loss and validation mIoU against iterations into the PNG `out`; returns it."""
-    from matplotlib.figure import Figure  # the [train] extra; no pyplot, so no GUI backend is needed
+    try:
+        from matplotlib.figure import Figure  # the [train] extra; no pyplot, so no GUI backend is needed
+    except ImportError:
+        raise WeedsegError("drawing curves needs matplotlib: pip install 'weedseg[train]'") from None
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, val_ax = fig.subplots(1, 2)

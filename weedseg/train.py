@@ -309,9 +309,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         return best
     from .curves import plot_curves  # here, as weedseg.curves imports this module
 
+    try:
+        curves = f"curves in {plot_curves([out], out / 'curves.png')}"
+    except WeedsegError as exc:  # the run itself is complete
+        curves = f"no curves.png: {exc}"
     window = f"the last {cfg.smooth_evals}" if best.get("full", True) else "all"  # fewer ran than the window
     print(f"best validation mIoU {best['miou']:.4f} at epoch {best.get('epoch')} (mean of {window} validations up to "
-          f"it {best.get('smoothed', best['miou']):.4f}); weights in {out / 'best.pt'}; "
-          f"curves in {plot_curves([out], out / 'curves.png')}")
+          f"it {best.get('smoothed', best['miou']):.4f}); weights in {out / 'best.pt'}; {curves}")
     return best
 
