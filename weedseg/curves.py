@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import WeedsegError
+from .runtime import read_records
 from .train import TrainConfig, best_index
 
 
@@ -18,22 +19,15 @@ def read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise WeedsegError(f"{run} has no metrics.jsonl: give the folder of a `weedseg train` run (its --out)")
-    records = []
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    for n, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if n < len(lines):
-                raise WeedsegError(f"{path} line {n} is damaged; fix or delete that line") from None
-    return records
+    return [record for _, record in read_records(path, "iteration")]
 
 
 def smoothing_window(run: Path) -> int:
     """The run's --smooth-evals (from its config.json), which decides where best.pt is."""
     config = run / "config.json"
-    window = json.loads(config.read_text()).get("smooth_evals") if config.is_file() else None
-    return window or TrainConfig.smooth_evals
+    if not config.is_file():
+        return TrainConfig.smooth_evals
+    return json.loads(config.read_text()).get("smooth_evals", TrainConfig.smooth_evals)
 
 
 def plot_curves(runs: list[Path], out: Path) -> Path:

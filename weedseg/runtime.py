@@ -80,6 +80,23 @@ def open_run(out: Path, resume: bool, overwrite: bool) -> dict | None:
     return None
 
 
+def read_records(log_path: Path, key: str, advice: str = "fix or delete that line") -> list[tuple[str, dict]]:
+    """(line, record) of each JSONL record of `log_path` that has `key`. A half-written last line (a run killed or
+    still writing) is left out; a damaged line before it is a WeedsegError that ends with `advice`."""
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            record[key]
+        except (ValueError, TypeError, KeyError) as exc:
+            if n == len(lines):
+                break  # the record being written
+            raise WeedsegError(f"{log_path} line {n} is damaged ({type(exc).__name__}); {advice}") from exc
+        records.append((line, record))
+    return records
+
+
 def truncate_log(log_path: Path, key: str, last: int) -> None:
     """Drop JSONL records whose `key` is past `last` (written just before a kill), so a resumed run repeats none.
 
@@ -87,19 +104,8 @@ def truncate_log(log_path: Path, key: str, last: int) -> None:
     """
     if not log_path.exists():
         return
-    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    keep = []
-    for n, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            value = record[key]
-        except (ValueError, TypeError, KeyError) as exc:
-            if n == len(lines):
-                break  # the record being written when the run was killed
-            raise WeedsegError(f"{log_path} line {n} is damaged ({type(exc).__name__}); fix or delete that line, "
-                               "then resume again") from exc
-        if value <= last:
-            keep.append(line)
+    keep = [line for line, record in read_records(log_path, key, "fix or delete that line, then resume again")
+            if record[key] <= last]
     log_path.write_text("".join(line + "\n" for line in keep))
 
 
