@@ -87,16 +87,22 @@ def folder_bytes(folder: Path) -> int:
 
 
 def make_data(src: Path, dst: Path, short_side: int, quality: int, unlabeled: int, max_mb: float,
-              test_short_side: int | None = None) -> str:
+              test_short_side: int | None = None, original_splits: tuple[str, ...] = ()) -> str:
     """Build DST in SRC's layout, smaller: DST/peanut (every peanut photo downscaled, masks nearest-neighbour,
     same names, so the committed split applies) and DST/unlabeled (`unlabeled` photos spread evenly over
     SRC/unlabeled's folders), for `--data-root DST` and `pretrain --dataset peanut --images DST/unlabeled`.
-    `test_short_side` shrinks the test split further: runs that are scored elsewhere need only its names."""
+    `test_short_side` shrinks the test split further: runs that are scored elsewhere need only its names.
+    The photos and masks of `original_splits` are copied byte for byte, to score them on the GPU machine as here."""
     if dst.exists() and any(dst.iterdir()):
         raise WeedsegError(f"{dst} exists and is not empty; remove it or choose another folder")
     peanut = open_dataset("peanut", src)
     samples = [(s, name) for name, split in peanut.splits.items() for s in split]
     for sample, split in samples:
+        if split in original_splits:
+            for path, folder in [(sample.image, "images"), (sample.mask, "labels")]:
+                (dst / "peanut" / folder).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dst / "peanut" / folder / path.name)
+            continue
         side = test_short_side if split == "test" and test_short_side else short_side
         image = downscaled(read_rgb(sample.image), side)
         write_image(dst / "peanut" / "images" / sample.image.name, image, quality)
@@ -118,10 +124,13 @@ def make_data(src: Path, dst: Path, short_side: int, quality: int, unlabeled: in
             shutil.copyfile(readme, target)  # sources, licences and attributions travel with the photos
     test_note = (f" The test photos and masks are only {test_short_side} px on the short side: score test on the "
                  "original photos." if test_short_side else "")
+    if original_splits:
+        test_note += f" The {' and '.join(original_splits)} photos and masks are the originals, unchanged."
     (dst / "README.md").write_text(
         "# Small copy of weedseg's field data for benchmarks/gpu_run.sh (git-ignored: never commit it)\n\n"
         f"Made by `benchmarks/gpu_run.sh --make-data {src} {dst} --short-side {short_side} --quality {quality} "
-        f"--unlabeled {unlabeled}{f' --test-short-side {test_short_side}' if test_short_side else ''}`.\n\n"
+        f"--unlabeled {unlabeled}{f' --test-short-side {test_short_side}' if test_short_side else ''}"
+        f"{' --original-splits ' + ' '.join(original_splits) if original_splits else ''}`.\n\n"
         f"- `peanut/`: the {len(samples)} peanut photos and masks (CC BY-SA 4.0, see peanut/README.md), short side "
         f"at most {short_side} px, JPEG quality {quality}, masks resized nearest-neighbour; same names, so the "
         f"committed split applies.{test_note}\n"
@@ -636,6 +645,9 @@ def main() -> int:
     parser.add_argument("--test-short-side", type=int,
                         help="--make-data: shrink the test split's photos to this short side, to save room when test "
                              "is scored on the original photos elsewhere (default: --short-side)")
+    parser.add_argument("--original-splits", nargs="+", default=(), choices=("train", "val", "test"),
+                        metavar="SPLIT", help="--make-data: copy these splits' photos and masks unchanged (e.g. val "
+                                              "test: scored at full resolution on the GPU machine as on the originals)")
     parser.add_argument("--max-mb", type=float, default=45,
                         help="--make-data: refuse a larger folder (the GPU machine takes 64 MiB with the checkout)")
     parser.add_argument("--data-root", default="gpu_data", help="the folder --make-data built")
@@ -655,7 +667,7 @@ def main() -> int:
             return 0
         if args.make_data:
             print(make_data(Path(args.make_data[0]), Path(args.make_data[1]), args.short_side, args.quality,
-                            args.unlabeled, args.max_mb, args.test_short_side))
+                            args.unlabeled, args.max_mb, args.test_short_side, tuple(args.original_splits)))
             return 0
         return run(args)
     except WeedsegError as exc:

@@ -94,6 +94,14 @@ def test_make_data_keeps_the_layout_and_split_and_refuses_too_big_or_used_folder
     assert cv2.imread(str(small.splits["val"][0].image)).shape == (30, 40, 3)
     assert "--test-short-side 12" in (tmp_path / "small-test" / "README.md").read_text()
 
+    gpu_run.make_data(src, tmp_path / "originals", 30, 75, 0, 45, original_splits=("val", "test"))  # scored there
+    kept = open_dataset("peanut", tmp_path / "originals")
+    for split in ("val", "test"):
+        for sample, original_sample in zip(kept.splits[split], original.splits[split]):
+            assert sample.image.read_bytes() == original_sample.image.read_bytes()
+            assert sample.mask.read_bytes() == original_sample.mask.read_bytes()
+    assert cv2.imread(str(kept.splits["train"][0].image)).shape[0] == 30
+
 
 def test_planned_epochs_fit_the_allotted_time_and_grow_with_it():
     gpu_run = load_gpu_run()
