@@ -30,7 +30,7 @@ rm -rf "$work" && mkdir -p "$work" "$out"
 start=$SECONDS
 left() { echo $((deadline - (SECONDS - start))); }
 
-{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; $py -c "import torch; print(torch.__version__)"; } \
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc --all; $py -c "import torch; print(torch.__version__)"; } \
     >"$work/machine.txt" 2>&1
 
 # name and flags of each run (<group>-s<seed>); every run: the cpu preset's recipe (quarter U-Net, 480), on $device
