@@ -18,7 +18,7 @@ from weedseg import WeedsegError
 from weedseg.cli import build_parser, config_from_args, main
 from weedseg.experiment import PRESETS, ExperimentConfig, run_experiment
 from weedseg.experiment.plan import Job, check_config, finetune_schedule, plan_jobs
-from weedseg.experiment.report import paired_difference, t975
+from weedseg.experiment.report import paired_difference, read_run, t975
 from weedseg.experiment.runner import run_jobs
 from weedseg.processes import sigterm_as_ctrl_c
 
@@ -30,6 +30,20 @@ def test_paired_difference_interval_by_hand():
     assert diff["ci95"] == pytest.approx([2 - half, 2 + half])
     assert paired_difference([1.0], [2.0])["ci95"] is None
     assert t975(4) == 2.776 and t975(100) == 1.96
+
+
+def test_a_run_reports_the_validation_best_pt_holds_not_its_highest_single_pass(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "test.json").write_text(json.dumps({"miou": 0.5, "iou": {"soil": 0.9, "weed": 0.1}}))
+    (run / "config.json").write_text(json.dumps({"smooth_evals": 3}))
+    passes = [0.80, 0.60, 0.70, 0.72, 0.74, 0.66]  # a lucky first pass; the best mean of 3 ends at epoch 5
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "iteration": 10 * e, "seconds": 6.0, "val_miou": m}) + "\n"
+        for e, m in enumerate(passes, 1)))
+    summary = read_run(run)
+    assert summary["best_epoch"] == 5 and summary["best_val_miou"] == pytest.approx(74.0)
+    assert summary["test_miou"] == pytest.approx(50.0) and summary["train_minutes"] == pytest.approx(0.6)
 
 
 def test_fewer_labels_train_more_epochs_but_fewer_iterations():

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..curves import read_metrics, smoothing_window
 from ..data import LabelledData
+from ..train import best_index
 from .mask_content import enrichment, masked_class_shares
 from .plan import ExperimentConfig, finetune_folder, finetune_schedule, fraction_tag, pretrain_job
 
@@ -48,17 +50,19 @@ def spread(values: list[float]) -> dict:
 
 
 def read_run(folder: Path) -> dict | None:
-    """One finished fine-tuning run: test metrics, best validation, and how much it gained in its last fifth."""
+    """One finished fine-tuning run: test metrics, the validation of the weights best.pt holds (chosen as
+    `weedseg train` chose them, by the mean of its last --smooth-evals passes), and how much it gained in its
+    last fifth."""
     test_file, log_file = folder / "test.json", folder / "metrics.jsonl"
     if not test_file.is_file() or not log_file.is_file():
         return None
     test = json.loads(test_file.read_text())
-    log = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    log = read_metrics(folder)
     val = [(r["epoch"], 100 * r["val_miou"]) for r in log if "val_miou" in r]
     epochs = log[-1]["epoch"]
     before = [m for e, m in val if e <= 0.8 * epochs]
     last = [m for e, m in val if e > 0.8 * epochs]
-    best = max(val, key=lambda em: em[1])
+    best = val[best_index([m for _, m in val], smoothing_window(folder))]
     return {
         "test_miou": 100 * test["miou"], "test_iou": {k: 100 * v for k, v in test["iou"].items()},
         "best_val_miou": best[1], "best_epoch": best[0], "epochs": epochs,
@@ -143,13 +147,14 @@ def markdown(results: dict, cfg: ExperimentConfig) -> str:
              f"{cfg.pretrain_epochs} epochs per selective step, batch {cfg.pretrain_batch_size} "
              f"(random masking: the same iterations). Fine-tuning with all labels: {cfg.finetune_epochs} epochs, "
              f"batch {cfg.finetune_batch_size}. Test mIoU and IoU in points, mean +- sample sd over seeds; "
-             "paired differences are means over seeds with their 95 % t interval.", ""]
+             "paired differences are means over seeds with their 95 % t interval. best.pt val mIoU: the "
+             "validation of the weights each run kept (where the mean of its last passes peaked).", ""]
     for g in results["groups"]:
         s = g["schedule"]
         lines += [f"## {100 * g['fraction']:g} % of the labelled training images ({fraction_tag(g['fraction'])})", "",
                   f"Fine-tuning: {s['epochs']} epochs, warm-up {s['warmup_epochs']}, validation every "
                   f"{s['eval_every']} epochs.", "",
-                  "| method | seeds | test mIoU | soil IoU | crop IoU | weed IoU | best val mIoU | val gain in last fifth |",
+                  "| method | seeds | test mIoU | soil IoU | crop IoU | weed IoU | best.pt val mIoU | val gain in last fifth |",
                   "|---|---|---|---|---|---|---|---|"]
         for m, r in g["methods"].items():
             cells = [f"{r['test_miou']['mean']:.2f} +- {r['test_miou']['sd']:.2f}"]
@@ -180,7 +185,7 @@ def markdown(results: dict, cfg: ExperimentConfig) -> str:
             lines.append(f"| {c} | {100 * m['masked_share'][i]:.2f} % | {100 * m['all_share'][i]:.2f} % | "
                          + ("-" if ratio is None else f"{ratio:.2f}") + " |")
         lines.append("")
-    lines += ["## Every run", "", "| labels | method | seed | test mIoU | " + "weed IoU | best val mIoU (epoch) | minutes |",
+    lines += ["## Every run", "", "| labels | method | seed | test mIoU | " + "weed IoU | best.pt val mIoU (epoch) | minutes |",
               "|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         lines.append(f"| {100 * r['fraction']:g} % | {r['method']} | {r['seed']} | {r['test_miou']:.2f} | "
