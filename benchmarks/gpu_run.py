@@ -122,10 +122,10 @@ def make_data(src: Path, dst: Path, short_side: int, quality: int, unlabeled: in
                            (src / "unlabeled" / "README.md", dst / "unlabeled" / "README.md")]:
         if readme.is_file() and target.parent.is_dir():
             shutil.copyfile(readme, target)  # sources, licences and attributions travel with the photos
-    test_note = (f" The test photos and masks are only {test_short_side} px on the short side: score test on the "
+    split_note = (f" The test photos and masks are only {test_short_side} px on the short side: score test on the "
                  "original photos." if test_short_side else "")
     if original_splits:
-        test_note += f" The {' and '.join(original_splits)} photos and masks are the originals, unchanged."
+        split_note += f" The {' and '.join(original_splits)} photos and masks are the originals, unchanged."
     (dst / "README.md").write_text(
         "# Small copy of weedseg's field data for benchmarks/gpu_run.sh (git-ignored: never commit it)\n\n"
         f"Made by `benchmarks/gpu_run.sh --make-data {src} {dst} --short-side {short_side} --quality {quality} "
@@ -133,7 +133,7 @@ def make_data(src: Path, dst: Path, short_side: int, quality: int, unlabeled: in
         f"{' --original-splits ' + ' '.join(original_splits) if original_splits else ''}`.\n\n"
         f"- `peanut/`: the {len(samples)} peanut photos and masks (CC BY-SA 4.0, see peanut/README.md), short side "
         f"at most {short_side} px, JPEG quality {quality}, masks resized nearest-neighbour; same names, so the "
-        f"committed split applies.{test_note}\n"
+        f"committed split applies.{split_note}\n"
         f"- `unlabeled/`: {copied} photos for pretraining, short side at most {short_side} px (sources, licences "
         "and attribution in unlabeled/README.md).\n")
     mb = folder_bytes(dst) / 1e6
