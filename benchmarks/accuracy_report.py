@@ -19,8 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from weedseg.experiment.report import fmt_ci, paired_difference
-from weedseg.curves import read_metrics, smoothing_window
-from weedseg.train import best_index
+from weedseg.curves import best_validation, read_metrics
 
 FIGURES = {"val full": ("val-full", None), "test full": ("test-full", None),
            "test weed": ("test-full", "weed"), "test 256": ("test-256", None)}
@@ -37,9 +36,9 @@ def figures(run: Path) -> dict[str, float]:
             scores = json.loads(path.read_text())
             out[name] = 100 * (scores["iou"][cls] if cls else scores["miou"])
     if (run / "metrics.jsonl").is_file():
-        mious = [row["val_miou"] for row in read_metrics(run) if "val_miou" in row]
-        if mious:  # the validation best.pt holds
-            out[TRAINING_VAL] = 100 * mious[best_index(mious, smoothing_window(run))]
+        best = best_validation(run, read_metrics(run))
+        if best is not None:
+            out[TRAINING_VAL] = 100 * best["val_miou"]
     return out
 
 

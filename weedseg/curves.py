@@ -30,6 +30,12 @@ def smoothing_window(run: Path) -> int:
     return json.loads(config.read_text()).get("smooth_evals", TrainConfig.smooth_evals)
 
 
+def best_validation(run: Path, records: list[dict]) -> dict | None:
+    """The validation record among `records` (the run's metrics) whose weights best.pt holds; None before any."""
+    evals = [r for r in records if "val_miou" in r]
+    return evals[best_index([r["val_miou"] for r in evals], smoothing_window(run))] if evals else None
+
+
 def plot_curves(runs: list[Path], out: Path) -> Path:
     """Draw the runs' train loss and validation mIoU against iterations into the PNG `out`; returns it."""
     try:
@@ -49,7 +55,7 @@ def plot_curves(runs: list[Path], out: Path) -> Path:
         if not evals:
             continue
         steps, window = [r["iteration"] for r in evals], smoothing_window(run)
-        best = evals[best_index([r["val_miou"] for r in evals], window)]
+        best = best_validation(run, records)
         where = f"best.pt: iteration {best['iteration']:,}, {100 * best['val_miou']:.2f}"
         shown += [100 * r["val_miou"] for r in evals]
         val_ax.plot(steps, shown[-len(evals):], "o", color=colour, ms=2.5, alpha=0.5)

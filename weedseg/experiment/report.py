@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..curves import read_metrics, smoothing_window
+from ..curves import best_validation, read_metrics
 from ..data import LabelledData
-from ..train import best_index
 from .mask_content import enrichment, masked_class_shares
 from .plan import ExperimentConfig, finetune_folder, finetune_schedule, fraction_tag, pretrain_job
 
@@ -62,10 +61,10 @@ def read_run(folder: Path) -> dict | None:
     epochs = log[-1]["epoch"]
     before = [m for e, m in val if e <= 0.8 * epochs]
     last = [m for e, m in val if e > 0.8 * epochs]
-    best = val[best_index([m for _, m in val], smoothing_window(folder))]
+    best = best_validation(folder, log)
     return {
         "test_miou": 100 * test["miou"], "test_iou": {k: 100 * v for k, v in test["iou"].items()},
-        "best_val_miou": best[1], "best_epoch": best[0], "epochs": epochs,
+        "best_val_miou": 100 * best["val_miou"], "best_epoch": best["epoch"], "epochs": epochs,
         "last_fifth_gain": max(last) - max(before) if before and last else None,
         "train_minutes": round(sum(r["seconds"] for r in log) / 60, 2),
         "checkpoint": str(folder / "best.pt"),
