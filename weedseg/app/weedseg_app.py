@@ -53,7 +53,7 @@ def choose_model() -> Segmenter:
     """Sidebar model selector over the *.onnx files of the models folder and the TTA choice; stops the page
     if no model loads."""
     folder = Path(os.environ.get(MODELS_ENV) or DEFAULT_MODEL.parent)
-    models = sorted(folder.glob("*.onnx"))
+    models = sorted(m for m in folder.glob("*.onnx") if not m.name.startswith("."))  # hidden: an export's leftovers
     if not models:
         st.error(f"No model found: put an ONNX model from `weedseg export` in {folder} "
                  f"(the default is {DEFAULT_MODEL.name}), or start with `weedseg app --models FOLDER`.")
@@ -245,17 +245,21 @@ def main() -> None:
                                          help="cell size for images with a ground sampling distance, e.g. a boom "
                                               "section; the others use the cell in pixels")
     spray = SpraySettings(threshold, OPTIONS.spray.min_patch, cell_m)
-    alphas = {}
+    alphas, shown = {}, []
     for name, res in results:
         with st.container(border=True):
             st.subheader(name)
+            if isinstance(res, SegmentedImage):
+                try:
+                    res.summarize(info.classes, int(grid_cell), gsd or None, spray)
+                    alphas[name] = show_result(res, seg, name)
+                except Exception as exc:  # noqa: BLE001 - one bad upload must not stop the others, the table or the zip
+                    res = failure(exc)["error"]
             if isinstance(res, str):
                 st.error(f"`{name}` could not be segmented: {res}")
-                continue
-            res.summarize(info.classes, int(grid_cell), gsd or None, spray)
-            alphas[name] = show_result(res, seg, name)
-    if results:
-        show_summary(results, seg, alphas)
+        shown.append((name, res))
+    if shown:
+        show_summary(shown, seg, alphas)
 
 
 main()

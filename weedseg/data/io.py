@@ -7,9 +7,11 @@ rather than segmented into meaningless results.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps
 
 from .. import WeedsegError
@@ -45,10 +48,12 @@ def file_sha256(path: Path) -> str:
 
 def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """`path` itself if it is a file, else every image below the folder (recursively, sorted), and one
-    'folder: reason' line per sub-folder that could not be listed.
+    'path: reason' line per thing below it that was skipped for a reason the user must hear of: a folder that
+    cannot be listed, a link to nothing or in a loop, a second link to a folder already read.
 
-    Hidden files, anything under `exclude` and folders holding weedseg outputs (RUN_MANIFEST) are
-    skipped; a missing path, an output folder given as input or a folder without images is a WeedsegError.
+    Links to files and folders are followed, each folder read once. Hidden files, anything under `exclude`
+    and folders holding weedseg outputs (RUN_MANIFEST) are skipped; a missing path, an output folder given
+    as input or a folder without images is a WeedsegError.
     """
     path = Path(path)
     if path.is_file():
@@ -59,21 +64,54 @@ def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[li
         raise WeedsegError(f"{path} holds the outputs of `weedseg predict` ({RUN_MANIFEST}); give the folder of the photos")
     skip = Path(exclude).resolve() if exclude else None
     found: list[Path] = []
-    unreadable: list[str] = []
+    skipped: list[str] = []
+    read: dict[tuple[int, int], Path] = {}  # (device, inode) of each folder read -> where it was read
 
-    def note(exc: OSError) -> None:
-        unreadable.append(f"{exc.filename}: cannot list this folder ({exc.strerror or exc}); its images were skipped")
+    def walk(folder: Path, inside: tuple[tuple[int, int], ...]) -> None:
+        try:
+            with os.scandir(folder) as entries:
+                names = sorted(e.name for e in entries)
+        except OSError as exc:
+            skipped.append(f"{folder}: cannot list this folder ({exc.strerror or exc}); its images were skipped")
+            return
+        for name in names:
+            child = folder / name
+            try:
+                st = child.stat()  # follows links
+            except OSError as exc:
+                skipped.append(f"{child}: {_broken_link(child, exc)}; skipped")
+                continue
+            if stat.S_ISREG(st.st_mode):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                    found.append(child)
+                continue
+            if not stat.S_ISDIR(st.st_mode) or os.path.isfile(child / RUN_MANIFEST) or (skip and child.resolve() == skip):
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in inside:
+                skipped.append(f"{child}: links to {child.resolve()}, a folder it is inside (a loop); skipped")
+            elif key in read:
+                skipped.append(f"{child}: the same folder as {read[key]}, whose images are read there; skipped")
+            else:
+                read[key] = child
+                walk(child, (*inside, key))
 
-    for folder, dirs, names in os.walk(path, onerror=note):
-        here = Path(folder)
-        dirs[:] = [d for d in dirs if not (here / d / RUN_MANIFEST).is_file()
-                   and not (skip and (here / d).resolve() == skip)]
-        found += [here / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")
-                  and (here / n).is_file()]
+    top = path.stat()
+    read[(top.st_dev, top.st_ino)] = path
+    walk(path, ((top.st_dev, top.st_ino),))
     if not found:
-        detail = f" ({'; '.join(unreadable)})" if unreadable else ""
+        detail = f" ({'; '.join(skipped)})" if skipped else ""
         raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}{detail}")
-    return sorted(found), unreadable
+    return sorted(found), skipped
+
+
+def _broken_link(path: Path, exc: OSError) -> str:
+    """Why `path` (that could not be followed) was skipped."""
+    if not path.is_symlink():
+        return f"cannot be read ({exc.strerror or exc})"
+    if exc.errno == errno.ELOOP:
+        return f"a link in a loop ({os.readlink(path)})"
+    return f"a link to {os.readlink(path)}, which {'does not exist' if exc.errno == errno.ENOENT else 'cannot be read'}"
 
 
 def find_images(path: str | Path, exclude: str | Path | None = None) -> list[Path]:
@@ -148,7 +186,9 @@ def rgb_pixels(im: Image.Image) -> np.ndarray:
     """The pixels of an image opened with `open_checked` (call it inside the `with`, whose checks and messages
     apply) as a read-only HxWx3 uint8 RGB array, EXIF orientation applied (to `im` itself).
 
-    Copied out band by band, so at most DECODE_PIXEL_BYTES a pixel are held at once."""
+    Copied out band by band, so at most DECODE_PIXEL_BYTES a pixel are held at once. A JPEG whose data ends
+    before its pixels do is refused (see `check_jpeg_data`)."""
+    check_jpeg_data(im)
     ImageOps.exif_transpose(im, in_place=True)
     width, height = im.size
     out = np.empty((height, width, 3), np.uint8)
@@ -158,6 +198,29 @@ def rgb_pixels(im: Image.Image) -> np.ndarray:
         out[top:top + rows] = np.asarray(band if band.mode == "RGB" else band.convert("RGB"))
     out.flags.writeable = False  # as np.asarray(image) would be: cached decodes must not be changed in place
     return out
+
+
+def check_jpeg_data(im: Image.Image) -> None:
+    """ValueError when a JPEG opened with `open_checked` (not yet decoded) ends before its last pixel row.
+
+    Pillow (like OpenCV) fills the rows such a file lacks with grey and reports nothing: a header that says
+    7000 x 7000 over 960 x 720 pixels of data gave a mask of 6,887 grey rows. The data is entropy-decoded once
+    at an eighth of the size (about 1 ms for 960 x 720) by libjpeg-turbo, whose warnings simplejpeg turns into
+    errors; only a premature end refuses the image (other warnings, such as extra bytes before a marker, are
+    common in camera files and harmless).
+    """
+    if im.format != "JPEG" or im.fp is None:
+        return
+    start = im.fp.tell()
+    im.fp.seek(0)
+    data = im.fp.read()
+    im.fp.seek(start)
+    try:
+        simplejpeg.decode_jpeg(data, min_height=1, min_width=1, min_factor=8, strict=True)
+    except ValueError as exc:
+        if "premature end" in str(exc).lower():
+            raise ValueError(f"its data ends before its {im.width} x {im.height} pixels do: truncated or with a "
+                             f"wrong size in its header ({exc})") from exc
 
 
 def read_label_map(path: str | Path) -> np.ndarray:

@@ -12,7 +12,7 @@ from .. import WeedsegError
 from ..resources import WEIGHTS_DIR
 from ..tta import tta_logits
 from .engines import choose_faster, open_engine
-from .metadata import ModelInfo
+from .metadata import ModelInfo, check_output_size
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Segmenter:
         if channels is not None and channels != len(self.info.classes):
             raise WeedsegError(f"{self.path}: the model outputs {channels} classes but its metadata names "
                                f"{len(self.info.classes)} ({', '.join(self.info.classes)}); re-export it")
+        check_output_size(self.engine.run, self.info, str(self.path))
         if engine == "auto":
             self.engine = choose_faster(self.path, self.engine, threads)
         self.provider = self.engine.provider
