@@ -85,17 +85,17 @@ def folder_dataset(root: Path, images: dict[str, bytes], masks: list[str], toml:
     ("cp1252", ("# parcelle de l'été\n" + TOML).encode("cp1252"), "is not UTF-8 text (byte 0xe9"),
     ("utf-16", TOML.encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
     ("binary", bytes(range(256)) * 4, "is not UTF-8 text (byte 0x80")])
-def test_dataset_toml_in_another_encoding_is_one_line(kind, data, message, tmp_path, capsys):
+def test_dataset_toml_in_another_encoding_is_one_line(kind, data, message, checkpoint, tmp_path, capsys):
     root = folder_dataset(tmp_path / kind, {"0001.jpg": jpeg_bytes()}, ["0001.png"], data)
     with pytest.raises(WeedsegError, match=re.escape(message)):
         folder_layout(root)
     assert main(["dataset", "check", "--data-root", str(root)]) == 1
     assert message in capsys.readouterr().out
     assert main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "run")]) == 2
-    assert main(["evaluate", "missing.pt", "--dataset", "folder", "--data-root", str(root),
-                 "--out", str(tmp_path / "m.json")]) == 2
+    assert main(["evaluate", str(checkpoint), "--dataset", "folder", "--data-root", str(root),
+                 "--out", str(tmp_path / "m.json"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("weedseg: error:") == 2
+    assert "Traceback" not in err and err.count(message) == 2
 
 
 def test_dataset_toml_with_a_utf8_byte_order_mark_is_read(tmp_path):
@@ -266,3 +266,28 @@ def test_unlistable_folder_is_reported_and_the_rest_scanned(tmp_path, monkeypatc
     assert found == [tmp_path / "in" / "a.jpg"]
     assert skipped == [f"{tmp_path / 'in' / 'locked'}: cannot list this folder (Permission denied); its images "
                        "were skipped"]
+
+
+def test_one_upload_failing_after_segmentation_leaves_the_others_and_the_summary(model, tmp_path, monkeypatch):
+    from weedseg.infer.image import SegmentedImage
+
+    summarize = SegmentedImage.summarize
+
+    def fails_for_bad(self, *args, **kwargs):
+        if self.name == "bad.jpg":  # as a GeoTIFF with a NaN pixel scale did
+            raise ValueError("cannot convert float NaN to integer")
+        return summarize(self, *args, **kwargs)
+
+    monkeypatch.setattr(SegmentedImage, "summarize", fails_for_bad)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.onnx").write_bytes(model.read_bytes())
+    monkeypatch.setenv("WEEDSEG_MODELS", str(tmp_path / "models"))
+    at = AppTest.from_file(str(APP_SCRIPT), default_timeout=60)
+    at.run()
+    at.file_uploader[0].set_value([("bad.jpg", jpeg_bytes(), "image/jpeg"),
+                                   ("good.jpg", jpeg_bytes(seed=1), "image/jpeg")]).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["`bad.jpg` could not be segmented: ValueError: cannot convert float NaN "
+                                           "to integer"]
+    table = at.dataframe[-1].value
+    assert list(table.iloc[:, 0]) == ["bad.jpg", "good.jpg"] and list(table.iloc[:, 1]) == ["failed", "predicted"]
