@@ -5,7 +5,6 @@ traceback or a silently wrong mask; docs/reliability.md says what each class of 
 
 from __future__ import annotations
 
-import csv
 import errno
 import io
 import json
@@ -20,36 +19,18 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from weedseg import WeedsegError
-from weedseg.checkpoint import load_checkpoint, model_metadata, save_checkpoint
 from weedseg.cli import main
 from weedseg.data.check import check_dataset
 from weedseg.data.io import read_rgb, scan_images
 from weedseg.data.layouts import FOLDER_TOML_EXAMPLE, folder_layout
-from weedseg.export import ParityReport, export_checkpoint, export_onnx, part_path, save_with_metadata
+from weedseg.export import ParityReport, export_checkpoint, part_path, save_with_metadata
 from weedseg.infer.metadata import ModelInfo
 from weedseg.infer.session import Segmenter
-from weedseg.models import create_model
 from weedseg.resources import APP_SCRIPT
 
-CLASSES, COLORS = ["soil", "crop", "weed"], [[0, 0, 0], [0, 255, 0], [255, 0, 0]]
+from test_reliability import CLASSES, COLORS, checkpoint, model  # noqa: F401 - the same small model
+
 TOML = "\n".join(line[2:] for line in FOLDER_TOML_EXAMPLE.splitlines())
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """An untrained compact model saved as a weedseg checkpoint."""
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    meta = model_metadata("unet-resnet18-quarter", 3, CLASSES, COLORS, [0.5] * 3, [0.25] * 3)
-    save_checkpoint(path, create_model("unet-resnet18-quarter", 3), meta)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint) -> Path:
-    """That model exported to ONNX at input short side 64 (fast)."""
-    path = checkpoint.with_name("model.onnx")
-    export_onnx(load_checkpoint(checkpoint), path, input_short_side=64)
-    return path
 
 
 def jpeg_bytes(size: tuple[int, int] = (96, 64), seed: int = 0) -> bytes:
