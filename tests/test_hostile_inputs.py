@@ -5,6 +5,7 @@ traceback or a silently wrong mask; docs/reliability.md says what each class of 
 
 from __future__ import annotations
 
+import csv
 import errno
 import io
 import json
@@ -279,3 +280,47 @@ def test_dataset_check_prints_names_that_are_not_utf8(tmp_path, capsys):
     (root / "images" / os.fsdecode(b"\xff\xfe.jpg")).write_bytes(jpeg_bytes(seed=1))
     assert main(["dataset", "check", "--data-root", str(root)]) == 1
     assert "\\udcff\\udcfe.jpg has no mask" in capsys.readouterr().out
+
+
+# --- predict over hostile names and folders ----------------------------------------------------------------------
+
+def read_summary(out: Path) -> dict[str, dict]:
+    """summary.csv by image, read as strict UTF-8."""
+    return {row["image"]: row for row in csv.DictReader(io.StringIO((out / "summary.csv").read_bytes().decode()))}
+
+
+def test_predict_names_not_utf8_long_or_named_as_outputs(model, tmp_path, capsys):
+    photos = tmp_path / "in"
+    for name in ["a.jpg", "a.mask.png/b.jpg", "summary.csv/c.jpg", os.fsdecode(b"\xff\xfe.jpg"), "x" * 236 + ".jpg"]:
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(jpeg_bytes())
+    (photos / "lie.jpg").write_bytes(lying_jpeg())
+    (photos / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    out = tmp_path / "out"
+    assert main(["predict", str(photos), "--model", str(model), "--out", str(out)]) == 1
+    rows = read_summary(out)
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "a.jpg": "predicted", "a.mask.png/b.jpg": "predicted", "\\xff\\xfe.jpg": "predicted",
+        "x" * 236 + ".jpg": "predicted", "lie.jpg": "failed", str(photos / "gone.jpg"): "failed",
+        str(photos / "summary.csv"): "failed"}
+    assert rows["a.jpg"]["mask"] == "a.jpg.mask.png" and rows["a.mask.png/b.jpg"]["mask"] == "a.mask.png/b.mask.png"
+    assert "data ends before its 7000 x 7000 pixels do" in rows["lie.jpg"]["error"]
+    assert "a folder named as summary.csv" in rows[str(photos / "summary.csv")]["error"]
+    assert (out / os.fsdecode(b"\xff\xfe.mask.png")).is_file() and (out / ("x" * 236 + ".spray.geojson")).is_file()
+    assert not list(out.rglob("*.part")) and "Traceback" not in capsys.readouterr().err
+
+
+def test_overwrite_leaves_only_this_runs_outputs(model, tmp_path):
+    for name in ["a.jpg", "b.jpg", "sub/c.jpg"]:
+        (tmp_path / "first" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "first" / name).write_bytes(jpeg_bytes())
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "z.jpg").write_bytes(jpeg_bytes(seed=1))
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "first"), "--model", str(model), "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("the user's own")
+    assert main(["predict", str(tmp_path / "other"), "--model", str(model), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "notes.txt", "spray_summary.json", "summary.csv", "weedseg-run.json", "z.grid.csv", "z.mask.png",
+        "z.overlay.jpg", "z.spray.geojson"]
+    assert list(read_summary(out)) == ["z.jpg"]

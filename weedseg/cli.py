@@ -380,7 +380,9 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outputs", type=output_kinds, default=OUTPUTS, metavar="mask,overlay,grid",
                    help="files to write per image (default: all three); the mask is always written, as it marks an "
                         "image done, so `--outputs mask` skips the overlay and grid work")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every image; the outputs of earlier runs in --out are removed first, so it holds "
+                        "this run's alone")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else the CPU")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,

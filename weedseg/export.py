@@ -23,6 +23,7 @@ from .data import EvalResize, LabelledData, SegmentationDataset
 from .data.io import read_rgb
 from .data.transforms import resize_short_side
 from .evaluate import model_short_side
+from .infer.atomic import part_path
 from .infer.metadata import ModelInfo
 from .infer.session import Segmenter
 from .metrics import ConfusionMatrix
@@ -70,7 +71,7 @@ def save_with_metadata(src: str | Path, out: str | Path, info: ModelInfo) -> Non
     onnx.helper.set_model_props(model, info.to_props())
     model.producer_name, model.producer_version = "weedseg", __version__
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = part_path(out)
     onnx.save(model, str(tmp))
     os.replace(tmp, out)
 
@@ -255,8 +256,3 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledDat
             temp.unlink(missing_ok=True)
     return report
 
-
-def part_path(path: Path) -> Path:
-    """A temporary name next to `path` (model.onnx -> .model.onnx.<pid>.part) that replaces it once complete: hidden
-    and not ending in .onnx, so that no list of models (the page's) offers a file a killed export left."""
-    return path.with_name(f".{path.name}.{os.getpid()}.part")

@@ -114,6 +114,12 @@ def _broken_link(path: Path, exc: OSError) -> str:
     return f"a link to {os.readlink(path)}, which {'does not exist' if exc.errno == errno.ENOENT else 'cannot be read'}"
 
 
+def printable(text: str) -> str:
+    """`text` with the bytes of file names that are not valid UTF-8 (which os.fsdecode keeps as surrogates, so
+    that such files can be opened) written as \\xNN escapes: text that can be written as UTF-8 (summary.csv)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def find_images(path: str | Path, exclude: str | Path | None = None) -> list[Path]:
     """The images of `scan_images`; folders that could not be listed are logged as warnings."""
     found, unreadable = scan_images(path, exclude)

@@ -5,10 +5,14 @@ row of every image finished (JOURNAL), so a rerun reuses them and predicts only 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
+import os
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +28,11 @@ LOCK = ".weedseg-predict.lock"
 JOURNAL = ".weedseg-journal.jsonl"  # one JSON line per image finished, appended as it finishes
 MIN_FREE_BYTES = 100_000_000
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # no image can be written
+RUN_TABLES = ("summary.csv", "spray_summary.json", "spray_map.geojson")
+RUN_FILES = (*RUN_TABLES, RUN_MANIFEST, JOURNAL, LOCK)  # in --out itself
+IMAGE_OUTPUTS = (".mask.png", ".mask.tif", ".overlay.jpg", ".overlay.png", ".grid.csv", ".spray.geojson")
+
+log = logging.getLogger(__name__)
 
 
 def run_record(model: Path, classes: list[str], input_root: Path, options: dict) -> dict:
@@ -66,6 +75,42 @@ def check_record(out: Path, record: dict) -> bool:
         raise WeedsegError(f"{out} holds outputs made with other settings ({'; '.join(diffs)}); choose another --out, "
                            "or pass --overwrite to redo every image with these settings")
     return True
+
+
+def named_as_run_files(images: list[Path], root: Path) -> tuple[list[Path], list[str]]:
+    """The images whose outputs can mirror the input tree below `root` in --out, and one 'folder: reason' line per
+    top folder named as a file of the run in --out (a folder summary.csv/ would need OUT/summary.csv to be a
+    folder): its images are left out, with that line as their row, rather than stop the run without a summary."""
+    reserved = {name.casefold() for name in RUN_FILES}
+    kept, refused = [], Counter()
+    for image in images:
+        parts = image.relative_to(root).parts
+        if len(parts) > 1 and parts[0].casefold() in reserved:
+            refused[parts[0]] += 1
+        else:
+            kept.append(image)
+    return kept, [f"{root / name}: a folder named as {name}, a file every run writes into --out, so its {n} image(s) "
+                  "cannot be mirrored there; rename the folder" for name, n in refused.items()]
+
+
+def remove_earlier_outputs(out: Path, keep: Path) -> int:
+    """For --overwrite: remove the outputs of earlier runs from `out` (files named as predict names them:
+    IMAGE_OUTPUTS anywhere below it, RUN_TABLES in it), except below `keep` (the input folder, where it is
+    inside `out`) and below folders holding their own RUN_MANIFEST; returns how many were removed. Without
+    this, the new outputs stood beside stale ones of another input folder that summary.csv no longer listed."""
+    removed, folders = 0, []
+    for folder, dirs, names in os.walk(out):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if not (here / d / RUN_MANIFEST).is_file() and (here / d).resolve() != keep]
+        folders += [here / d for d in dirs]
+        for name in names:
+            if name.casefold().endswith(IMAGE_OUTPUTS) or (here == out and name in RUN_TABLES):
+                (here / name).unlink(missing_ok=True)
+                removed += 1
+    for folder in reversed(folders):  # the folders this emptied, deepest first
+        with contextlib.suppress(OSError):  # not empty: it holds files that are not outputs
+            folder.rmdir()
+    return removed
 
 
 def write_probe(out: Path, name: str, data: bytes) -> None:
@@ -169,6 +214,10 @@ def claim_output_folder(out: Path, record: dict, overwrite: bool) -> Iterator[Ru
                                f"{MIN_FREE_BYTES / 1e6:.0f} MB needed); free space or choose another folder")
         for part in out.rglob(".*.part"):  # left by a killed run: this run holds the lock, so none is being written
             part.unlink(missing_ok=True)
+        if overwrite and ((out / RUN_MANIFEST).is_file() or (out / "summary.csv").is_file()):
+            removed = remove_earlier_outputs(out, Path(record["input"]))
+            if removed:
+                log.info("--overwrite: removed %d outputs of the earlier run from %s", removed, out)
         if overwrite or not check_record(out, record):
             write_probe(out, JOURNAL, b"")  # emptied before the manifest says the settings changed
             write_probe(out, RUN_MANIFEST, json.dumps(record, indent=2).encode())
