@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -230,10 +231,24 @@ def check_jpeg_data(im: Image.Image) -> None:
 
 
 def read_label_map(path: str | Path) -> np.ndarray:
-    """Read a label file unchanged: HxW (grey/16-bit) or HxWx3 (colour, returned as RGB)."""
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """Read a label file unchanged: HxW (grey/16-bit) or HxWx3 (colour, returned as RGB).
+
+    The file is read by Python and decoded from memory (OpenCV given a path that is not valid UTF-8 crashed
+    the process), after its size is checked from the header where Pillow can read one."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise WeedsegError(f"cannot read label file {path} ({exc.strerror or exc})") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                check_pixels(*im.size, MAX_IMAGE_PIXELS, f"label file {path}")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        pass  # not a header Pillow reads: OpenCV decides below
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise WeedsegError(f"cannot read label file {path} (missing, corrupt or not an image)")
+        raise WeedsegError(f"cannot read label file {path} (corrupt, truncated or not an image)")
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB)
     return arr
