@@ -6,7 +6,6 @@ traceback or a silently wrong mask; docs/reliability.md says what each class of 
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import os
@@ -109,6 +108,14 @@ def test_images_differing_only_in_letter_case_are_reported_not_taken_for_unpaire
     assert not any("has no mask" in p or "has no image" in p for p in problems)
     with pytest.raises(WeedsegError, match="0003.JPG and 0003.jpg differ only in letter case.*and 1 more"):
         folder_layout(root).samples()
+
+
+def test_dataset_check_reads_and_prints_names_that_are_not_utf8(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "d", {os.fsdecode(b"\xff.jpg"): jpeg_bytes()}, [os.fsdecode(b"\xff.png")])
+    (root / "images" / os.fsdecode(b"\xfe.jpg")).write_bytes(jpeg_bytes(seed=1))
+    assert main(["dataset", "check", "--data-root", str(root)]) == 1  # OpenCV crashed on such a mask's path
+    out = capsys.readouterr().out
+    assert "1 images with masks" in out and "\\udcfe.jpg has no mask" in out
 
 
 # --- images whose data does not fill their header --------------------------------------------------------------
@@ -233,56 +240,6 @@ def test_links_are_followed_once_and_broken_ones_reported(tmp_path):
         f"{root / 'x' / 'again'}: the same folder as {root / 'linked'}, whose images are read there; skipped"])
 
 
-def test_unlistable_folder_is_reported_and_the_rest_scanned(tmp_path, monkeypatch):
-    (tmp_path / "in" / "locked").mkdir(parents=True)
-    (tmp_path / "in" / "a.jpg").write_bytes(jpeg_bytes())
-    scandir = os.scandir
-
-    def denied(path="."):
-        if Path(path).name == "locked":
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", denied)  # root reads any folder, so the denial is simulated
-    found, skipped = scan_images(tmp_path / "in")
-    assert found == [tmp_path / "in" / "a.jpg"]
-    assert skipped == [f"{tmp_path / 'in' / 'locked'}: cannot list this folder (Permission denied); its images "
-                       "were skipped"]
-
-
-def test_one_upload_failing_after_segmentation_leaves_the_others_and_the_summary(model, tmp_path, monkeypatch):
-    from weedseg.infer.image import SegmentedImage
-
-    summarize = SegmentedImage.summarize
-
-    def fails_for_bad(self, *args, **kwargs):
-        if self.name == "bad.jpg":  # as a GeoTIFF with a NaN pixel scale did
-            raise ValueError("cannot convert float NaN to integer")
-        return summarize(self, *args, **kwargs)
-
-    monkeypatch.setattr(SegmentedImage, "summarize", fails_for_bad)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "m.onnx").write_bytes(model.read_bytes())
-    monkeypatch.setenv("WEEDSEG_MODELS", str(tmp_path / "models"))
-    at = AppTest.from_file(str(APP_SCRIPT), default_timeout=60)
-    at.run()
-    at.file_uploader[0].set_value([("bad.jpg", jpeg_bytes(), "image/jpeg"),
-                                   ("good.jpg", jpeg_bytes(seed=1), "image/jpeg")]).run()
-    assert not at.exception
-    assert [e.value for e in at.error] == ["`bad.jpg` could not be segmented: ValueError: cannot convert float NaN "
-                                           "to integer"]
-    table = at.dataframe[-1].value
-    assert list(table.iloc[:, 0]) == ["bad.jpg", "good.jpg"] and list(table.iloc[:, 1]) == ["failed", "predicted"]
-
-
-def test_dataset_check_reads_and_prints_names_that_are_not_utf8(tmp_path, capsys):
-    root = folder_dataset(tmp_path / "d", {os.fsdecode(b"\xff.jpg"): jpeg_bytes()}, [os.fsdecode(b"\xff.png")])
-    (root / "images" / os.fsdecode(b"\xfe.jpg")).write_bytes(jpeg_bytes(seed=1))
-    assert main(["dataset", "check", "--data-root", str(root)]) == 1  # OpenCV crashed on such a mask's path
-    out = capsys.readouterr().out
-    assert "1 images with masks" in out and "\\udcfe.jpg has no mask" in out
-
-
 # --- predict over hostile names and folders ----------------------------------------------------------------------
 
 def read_summary(out: Path) -> dict[str, dict]:
@@ -325,3 +282,30 @@ def test_overwrite_leaves_only_this_runs_outputs(model, tmp_path):
         "notes.txt", "spray_summary.json", "summary.csv", "weedseg-run.json", "z.grid.csv", "z.mask.png",
         "z.overlay.jpg", "z.spray.geojson"]
     assert list(read_summary(out)) == ["z.jpg"]
+
+
+# --- the page ----------------------------------------------------------------------------------------------------
+
+def test_one_upload_failing_after_segmentation_leaves_the_others_and_the_summary(model, tmp_path, monkeypatch):
+    from weedseg.infer.image import SegmentedImage
+
+    summarize = SegmentedImage.summarize
+
+    def fails_for_bad(self, *args, **kwargs):
+        if self.name == "bad.jpg":  # as a GeoTIFF with a NaN pixel scale did
+            raise ValueError("cannot convert float NaN to integer")
+        return summarize(self, *args, **kwargs)
+
+    monkeypatch.setattr(SegmentedImage, "summarize", fails_for_bad)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.onnx").write_bytes(model.read_bytes())
+    monkeypatch.setenv("WEEDSEG_MODELS", str(tmp_path / "models"))
+    at = AppTest.from_file(str(APP_SCRIPT), default_timeout=60)
+    at.run()
+    at.file_uploader[0].set_value([("bad.jpg", jpeg_bytes(), "image/jpeg"),
+                                   ("good.jpg", jpeg_bytes(seed=1), "image/jpeg")]).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["`bad.jpg` could not be segmented: ValueError: cannot convert float NaN "
+                                           "to integer"]
+    table = at.dataframe[-1].value
+    assert list(table.iloc[:, 0]) == ["bad.jpg", "good.jpg"] and list(table.iloc[:, 1]) == ["failed", "predicted"]

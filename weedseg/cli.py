@@ -661,7 +661,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `weedseg` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    if hasattr(sys.stdout, "reconfigure"):  # a file name that is not valid UTF-8 prints escaped (\udcff), not a traceback
+    if hasattr(sys.stdout, "reconfigure"):  # names that are not valid UTF-8 print escaped, not as a traceback
         sys.stdout.reconfigure(errors="backslashreplace")
     command = next((a for a in argv if not a.startswith("-")), None)
     try:

@@ -68,13 +68,18 @@ def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[li
     skipped: list[str] = []
     read: dict[tuple[int, int], Path] = {}  # (device, inode) of each folder read -> where it was read
 
-    def walk(folder: Path, inside: tuple[tuple[int, int], ...]) -> None:
+    top = path.stat()
+    read[(top.st_dev, top.st_ino)] = path
+    todo = [(path, ((top.st_dev, top.st_ino),))]  # (folder, the folders it is inside), depth first in name order
+    while todo:
+        folder, inside = todo.pop()
         try:
             with os.scandir(folder) as entries:
                 names = sorted(e.name for e in entries)
         except OSError as exc:
             skipped.append(f"{folder}: cannot list this folder ({exc.strerror or exc}); its images were skipped")
-            return
+            continue
+        subfolders = []
         for name in names:
             child = folder / name
             try:
@@ -86,7 +91,9 @@ def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[li
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
                     found.append(child)
                 continue
-            if not stat.S_ISDIR(st.st_mode) or os.path.isfile(child / RUN_MANIFEST) or (skip and child.resolve() == skip):
+            if not stat.S_ISDIR(st.st_mode) or os.path.isfile(child / RUN_MANIFEST):  # an earlier --out: skipped
+                continue
+            if skip and child.resolve() == skip:
                 continue
             key = (st.st_dev, st.st_ino)
             if key in inside:
@@ -95,11 +102,8 @@ def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[li
                 skipped.append(f"{child}: the same folder as {read[key]}, whose images are read there; skipped")
             else:
                 read[key] = child
-                walk(child, (*inside, key))
-
-    top = path.stat()
-    read[(top.st_dev, top.st_ino)] = path
-    walk(path, ((top.st_dev, top.st_ino),))
+                subfolders.append((child, (*inside, key)))
+        todo += reversed(subfolders)
     if not found:
         detail = f" ({'; '.join(skipped)})" if skipped else ""
         raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}{detail}")
