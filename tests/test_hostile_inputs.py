@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,21 @@ def test_predict_names_not_utf8_long_or_named_as_outputs(model, tmp_path, capsys
     assert "a folder named as summary.csv" in rows[str(photos / "summary.csv")]["error"]
     assert (out / os.fsdecode(b"\xff\xfe.mask.png")).is_file() and (out / ("x" * 236 + ".spray.geojson")).is_file()
     assert not list(out.rglob("*.part")) and "Traceback" not in capsys.readouterr().err
+
+
+def test_photo_deeper_than_the_recursion_limit_is_predicted(model, tmp_path):
+    folder = str(tmp_path / "in")
+    os.mkdir(folder)
+    for _ in range(400):  # os.makedirs and Path.mkdir(parents=True) recurse once per level
+        folder += "/a"
+        os.mkdir(folder)
+    Path(folder, "x.jpg").write_bytes(jpeg_bytes())
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(300)  # below the depth: a tree quick to make, which pytest can still remove
+    try:
+        assert main(["predict", str(tmp_path / "in"), "--model", str(model), "--out", str(tmp_path / "out")]) == 0
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_overwrite_leaves_only_this_runs_outputs(model, tmp_path):

@@ -20,9 +20,20 @@ def part_path(path: Path) -> Path:
     return path.with_name(name)
 
 
+def make_folders(folder: Path) -> None:
+    """`folder` and the folders above it that are missing, made from the top down (Path.mkdir(parents=True) recurses
+    once per level, so a photo 1500 folders deep failed with a RecursionError)."""
+    missing = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder (`part_path`) and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent)
     tmp = part_path(path)
     try:
         tmp.write_bytes(data)
