@@ -29,7 +29,7 @@ from weedseg.infer.metadata import ModelInfo
 from weedseg.infer.session import Segmenter
 from weedseg.resources import APP_SCRIPT
 
-from test_reliability import CLASSES, COLORS, checkpoint, model  # noqa: F401 - the same small model
+from train_fixtures import COLORS, SOIL_CROP_WEED as CLASSES
 
 TOML = "\n".join(line[2:] for line in FOLDER_TOML_EXAMPLE.splitlines())
 
@@ -168,17 +168,23 @@ def test_export_to_a_folder_is_refused_before_any_work(tmp_path, monkeypatch):
         export_checkpoint("x.pt", tmp_path, data=None)
 
 
-def test_export_without_int8_removes_the_int8_model_of_the_one_it_replaces(checkpoint, peanut, tmp_path, capsys,
-                                                                           monkeypatch):
+def test_export_without_int8_removes_the_int8_model_of_the_one_it_replaces(checkpoint, model, peanut, tmp_path,
+                                                                           capsys, monkeypatch):
     import weedseg.export
-    monkeypatch.setattr(weedseg.export, "check_parity", lambda *a: ParityReport(1, 0.0, 1.0))  # its own tests
+
+    def exported(ckpt, path, *args) -> ModelInfo:  # the same model, exported once for all tests
+        Path(path).write_bytes(model.read_bytes())
+        return Segmenter(model).info
+
+    monkeypatch.setattr(weedseg.export, "export_onnx", exported)
+    monkeypatch.setattr(weedseg.export, "check_parity", lambda *a: ParityReport(1, 0.0, 1.0))  # their own tests
     out = tmp_path / "m.onnx"
     out.write_bytes(b"an older model")
     (tmp_path / "m.int8.onnx").write_bytes(b"its INT8 model")
     export_checkpoint(checkpoint, out, peanut, 64, check_images=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     assert "removed " + str(tmp_path / "m.int8.onnx") in capsys.readouterr().out
-    assert Segmenter(out).info.classes == CLASSES
+    assert out.read_bytes() == model.read_bytes()
 
 
 def test_export_temporary_names_are_never_offered_as_models(model, tmp_path, monkeypatch):

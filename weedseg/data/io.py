@@ -63,7 +63,7 @@ def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[li
         raise WeedsegError(f"input not found: {path}")
     if (path / RUN_MANIFEST).is_file():
         raise WeedsegError(f"{path} holds the outputs of `weedseg predict` ({RUN_MANIFEST}); give the folder of the photos")
-    skip = Path(exclude).resolve() if exclude else None
+    skip = _folder_key(Path(exclude)) if exclude else None
     found: list[Path] = []
     skipped: list[str] = []
     read: dict[tuple[int, int], Path] = {}  # (device, inode) of each folder read -> where it was read
@@ -93,9 +93,9 @@ def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[li
                 continue
             if not stat.S_ISDIR(st.st_mode) or os.path.isfile(child / RUN_MANIFEST):  # an earlier --out: skipped
                 continue
-            if skip and child.resolve() == skip:
-                continue
             key = (st.st_dev, st.st_ino)
+            if key == skip:
+                continue
             if key in inside:
                 skipped.append(f"{child}: links to {child.resolve()}, a folder it is inside (a loop); skipped")
             elif key in read:
@@ -108,6 +108,15 @@ def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[li
         detail = f" ({'; '.join(skipped)})" if skipped else ""
         raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}{detail}")
     return sorted(found), skipped
+
+
+def _folder_key(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, which a walk compares cheaply with each folder it meets; None if it is absent."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _broken_link(path: Path, exc: OSError) -> str:
