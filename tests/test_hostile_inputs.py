@@ -187,16 +187,21 @@ def test_export_without_int8_removes_the_int8_model_of_the_one_it_replaces(check
     assert out.read_bytes() == model.read_bytes()
 
 
-def test_export_temporary_names_are_never_offered_as_models(model, tmp_path, monkeypatch):
+def test_page_lists_no_export_leftovers_and_escapes_names_not_utf8(model, tmp_path, monkeypatch):
     temp = part_path(tmp_path / "model.onnx")
     assert temp.name.startswith(".model.onnx.") and temp.suffix == ".part"
     (tmp_path / "good.onnx").write_bytes(model.read_bytes())
+    (tmp_path / os.fsdecode(b"\xff.onnx")).write_bytes(model.read_bytes())  # broke the whole page
     (tmp_path / ".model.4242.part.onnx").write_bytes(b"half a model")  # what older exports left
     monkeypatch.setenv("WEEDSEG_MODELS", str(tmp_path))
     at = AppTest.from_file(str(APP_SCRIPT), default_timeout=60)
     at.run()
     assert not at.exception
-    assert at.sidebar.selectbox[0].options == ["good.onnx"]
+    assert at.sidebar.selectbox[0].options == ["good.onnx", "\\xff.onnx"]
+    at.sidebar.selectbox[0].set_value("\\xff.onnx").run()
+    assert not at.exception
+    assert at.error[0].value == (f"Cannot use the model \\xff.onnx: {tmp_path}/\\xff.onnx: the model's path is not "
+                                 "valid UTF-8, which the inference engines cannot open; rename the file (or its folder)")
 
 
 # --- ONNX models that describe themselves wrongly ----------------------------------------------------------------
