@@ -151,6 +151,13 @@ def test_options_out_of_range_are_refused_by_the_parser(argv, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_run_out_that_is_a_file_is_refused_before_any_work(command, tmp_path, capsys):
+    (tmp_path / "run").write_text("not a folder")
+    assert main([command, "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
+    assert f"--out {tmp_path / 'run'} is a file; give the folder for the run" in capsys.readouterr().err
+
+
 def test_pretrain_resume_is_refused_only_for_options_given(tmp_path, capsys):
     assert main(["pretrain", "--resume", "--out", str(tmp_path / "run")]) == 2  # no resume point there
     err = capsys.readouterr().err
