@@ -1,0 +1,342 @@
+"""`weedseg predict --ray`: a folder spread over a Ray cluster (`pip install "weedseg[cluster]"`).
+
+The driver (the machine running `weedseg predict`) does what a local run does around the model:
+it scans the folder, plans every image's outputs, claims the output folder and writes summary.csv
+(weedseg.infer.pipeline.predict_path). Only the per-image work moves: Ray workers, one model session
+each, loaded once, run the local pipeline (Predictor.run) over chunks of jobs and write each image's
+outputs straight into the output folder, so the folders must be on storage that every node mounts at
+the same path (docs/cluster.md). Each worker sends back the summary rows of its chunk and its log
+lines; the driver gathers them as chunks finish. Outputs are the local run's, file for file, and an
+interrupted run resumes as a local one does: a mask marks an image done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import WeedsegError, __version__
+from ..data.io import RUN_MANIFEST, file_sha256
+from .pipeline import Job, PredictOptions, Predictor, RunSummary, failure, predict_path
+from .session import Segmenter, resolve_model_path
+
+try:
+    import ray
+    from ray.exceptions import RayError
+except ImportError:  # the [cluster] extra is not installed: require_ray says what to install
+    ray = None
+    RayError = Exception
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install "weedseg[cluster]"'
+CHUNKS_PER_WORKER = 3  # a folder is cut into about this many chunks per worker: fewer round trips, balanced ends
+MAX_CHUNK = 32  # images per chunk at most
+CONNECT_TIMEOUT_S = 5
+QUEUED_PER_WORKER = 2  # chunks sent to a worker ahead, so it never waits for the driver
+LogLine = tuple[str, int, str, str]  # logger, level, message, what it says apart from the image it names
+
+
+@dataclass
+class RaySettings:
+    """Where and how `weedseg predict --ray` runs.
+
+    `address`: `auto` (the cluster this machine belongs to, started with `ray start`, or $RAY_ADDRESS),
+    `local` (a Ray instance of this machine's own, for the run only) or a cluster address (HOST:6379, or
+    ray://HOST:10001). `cpus`: CPUs per worker; one worker (one model session) per `cpus` CPUs of the
+    cluster. `threads`: inference threads per worker (0: `cpus`). `device`, `engine`: as `weedseg predict`'s,
+    chosen on each worker's own node; with device cuda each worker takes one GPU.
+    """
+
+    address: str = "auto"
+    cpus: int = 1
+    model: str | None = None  # as given: None is the default model of each node's weedseg install
+    device: str = "auto"
+    engine: str = "auto"
+    threads: int = 0
+    tta: str | None = None
+
+
+@dataclass
+class WorkerSpec:
+    """What every worker needs to run the same per-image code as the driver would."""
+
+    version: str
+    model: str | None
+    model_sha256: str
+    device: str
+    engine: str
+    threads: int
+    tta: str | None
+    options: PredictOptions
+    out: Path
+    record: dict  # the output folder's RUN_MANIFEST, as the driver wrote it
+    since: int
+
+
+@dataclass
+class ChunkResult:
+    """What a worker sends back for a chunk of jobs."""
+
+    rows: list[tuple[int, dict]]  # (job index, summary row)
+    logs: list[LogLine]
+    error: str | None = None  # a WeedsegError that stopped the chunk (a disk that cannot take the outputs)
+
+
+def require_ray() -> None:
+    """WeedsegError saying what to install when Ray is not."""
+    if ray is None:
+        raise WeedsegError(f"--ray needs Ray: {INSTALL_HINT}")
+
+
+def check_reachable(address: str) -> None:
+    """WeedsegError unless something answers at a HOST:PORT address (Ray itself retries a wrong one for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise WeedsegError(f"--ray {address}: give auto, local or the cluster's HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise WeedsegError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); check the address "
+                           "that `ray start --head` printed on the head node (docs/cluster.md)") from exc
+
+
+def connect(address: str) -> bool:
+    """Connect this process to the Ray cluster at `address` (see RaySettings); True when it started the
+    connection (and must shut it down), False when the process was connected already."""
+    require_ray()
+    if ray.is_initialized():
+        return False
+    if address not in ("auto", "local"):
+        check_reachable(address)
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise WeedsegError(f"no Ray cluster found at --ray {address}; start one with `ray start --head` "
+                           "(docs/cluster.md), or use --ray local") from exc
+    return True
+
+
+def check_shared(out: Path, record: dict) -> None:
+    """WeedsegError unless this node sees the output folder the driver claimed (its RUN_MANIFEST, as written)."""
+    try:
+        seen = json.loads((out / RUN_MANIFEST).read_text())
+    except (OSError, ValueError):
+        seen = None
+    if seen != record:
+        raise WeedsegError(f"the Ray worker on {socket.gethostname()} does not see the output folder {out} that "
+                           "the driver claimed: mount the same shared storage at the same path on every node "
+                           "(docs/cluster.md)")
+
+
+class CapturedLogs(logging.Handler):
+    """The weedseg log records of a worker, kept to send back to the driver. A message is told once per worker
+    and kind (Predictor.first_time), naming the image it met first: `images` (the chunk's names) lets the driver
+    tell it once per run, as a local run does."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[LogLine] = []
+        self.images: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        kind = repr((record.name, record.msg, [None if a in self.images else a for a in args]))
+        self.records.append((record.name, record.levelno, record.getMessage(), kind))
+
+    def drain(self) -> list[LogLine]:
+        records, self.records = self.records, []
+        return records
+
+
+class PredictWorker:
+    """A Ray worker process: one model session, loaded once, running the local pipeline over chunks of jobs.
+
+    A problem found at start (another weedseg version or model on its node, an output folder it cannot
+    see, a model the engine refuses) is kept and reported by `ready`, as one line.
+    """
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec, self.logs = spec, CapturedLogs()
+        weedseg_log = logging.getLogger("weedseg")
+        weedseg_log.addHandler(self.logs)
+        weedseg_log.setLevel(logging.INFO)
+        weedseg_log.propagate = False  # sent to the driver instead of this worker's stderr
+        self.where = f"{socket.gethostname()} (pid {os.getpid()})"
+        self.problem: str | None = None
+        try:
+            if spec.version != __version__:
+                raise WeedsegError(f"the Ray worker on {socket.gethostname()} has weedseg {__version__}, the driver "
+                                   f"{spec.version}: install the same version on every node")
+            model = resolve_model_path(spec.model)
+            if file_sha256(model) != spec.model_sha256:
+                raise WeedsegError(f"the Ray worker on {socket.gethostname()} has another model at {model} than the "
+                                   "driver: put the same model file on every node (or on the shared storage)")
+            check_shared(spec.out, spec.record)
+            seg = Segmenter(model, spec.device, spec.threads, spin=False, engine=spec.engine, tta=spec.tta)
+            self.predictor = Predictor(seg, spec.options)
+        except WeedsegError as exc:
+            self.problem = str(exc)
+
+    def ready(self) -> tuple[str, str | None, list[LogLine]]:
+        """Where this worker runs, the problem that stops it (None if none), and its log lines so far."""
+        return self.where, self.problem, self.logs.drain()
+
+    def run(self, jobs: list[Job]) -> ChunkResult:
+        """Predict a chunk of jobs as a local run does, outputs written into the shared output folder."""
+        rows: list[tuple[int, dict]] = []
+        self.logs.images = {job.name for job in jobs}
+        try:
+            self.predictor.run(jobs, self.spec.out, lambda job, row: rows.append((job.index, row)),
+                               progress=False, since=self.spec.since)
+        except WeedsegError as exc:
+            return ChunkResult(rows, self.logs.drain(), str(exc))
+        return ChunkResult(rows, self.logs.drain())
+
+
+def chunks(jobs: list[Job], workers: int) -> list[list[Job]]:
+    """Jobs cut into about CHUNKS_PER_WORKER chunks per worker (at most MAX_CHUNK images each), in input order;
+    a GeoTIFF (an orthomosaic, possibly huge) is a chunk of its own."""
+    size = max(1, min(MAX_CHUNK, math.ceil(len(jobs) / (workers * CHUNKS_PER_WORKER))))
+    out: list[list[Job]] = []
+    for job in jobs:
+        if job.mask.suffix == ".tif":
+            out.append([job])
+        elif out and len(out[-1]) < size and out[-1][-1].mask.suffix != ".tif":
+            out[-1].append(job)
+        else:
+            out.append([job])
+    return out
+
+
+@dataclass
+class RayRunner:
+    """Runs jobs on Ray workers in place of a local Predictor (`run` is predict_path's `run_jobs`)."""
+
+    settings: RaySettings
+    spec: Callable[[Path, int], WorkerSpec]  # the workers' spec for an output folder claimed at a time
+    done_by: Counter = field(default_factory=Counter)  # images per worker, after a run
+
+    def worker_count(self) -> tuple[int, dict]:
+        """How many workers the cluster holds, and the resources each asks for."""
+        if self.settings.device == "cuda":
+            return int(ray.cluster_resources().get("GPU", 0)), {"num_cpus": self.settings.cpus, "num_gpus": 1}
+        return int(ray.cluster_resources().get("CPU", 0) // self.settings.cpus), {"num_cpus": self.settings.cpus}
+
+    def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True,
+            since: int = 0) -> None:
+        """Predict `jobs` on the cluster's workers; `on_row` gets each image's summary row as its chunk finishes."""
+        count, resources = self.worker_count()
+        if count < 1:
+            raise WeedsegError(f"the Ray cluster has no room for a worker of {resources}; lower --ray-cpus or add nodes")
+        parts = chunks(jobs, count)
+        count = min(count, len(parts))
+        spec = self.spec(out, since)
+        worker_class = ray.remote(PredictWorker).options(max_restarts=1, max_task_retries=1, **resources)
+        workers = [worker_class.remote(spec) for _ in range(count)]
+        log.info("Ray: %d workers of %s, %d chunks of up to %d images", count,
+                 " and ".join(f"{v} {k.removeprefix('num_')[:3].upper()}" for k, v in resources.items()), len(parts),
+                 max(map(len, parts)))
+        by_index = {job.index: job for job in jobs}
+        told: set[str] = set()
+        bar = tqdm(total=len(jobs), unit="img", desc="predicting", disable=not progress, smoothing=0.1)
+        starting = {w.ready.remote(): w for w in workers}
+        running: dict = {}  # chunk result ref -> (worker, where, chunk)
+        where: dict = {}
+        pending = list(reversed(parts))
+        stop: str | None = None
+
+        def relay(logs: list[LogLine]) -> None:
+            for name, level, message, kind in logs:
+                if kind not in told:  # each worker tells its first of each kind: said once here
+                    told.add(kind)
+                    logging.getLogger(name).log(level, message)
+
+        def give(worker) -> None:
+            if pending and stop is None:
+                chunk = pending.pop()
+                running[worker.run.remote(chunk)] = (worker, chunk)
+
+        try:
+            while starting or running:
+                ref = ray.wait([*starting, *running], num_returns=1)[0][0]
+                if ref in starting:
+                    worker = starting.pop(ref)
+                    where[worker], problem, logs = ray.get(ref)
+                    relay(logs)
+                    if problem:
+                        raise WeedsegError(problem)
+                    for _ in range(QUEUED_PER_WORKER):
+                        give(worker)
+                    continue
+                worker, chunk = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayError as exc:  # the worker died (killed, out of memory, node lost), even when retried
+                    result, worker = lost(chunk, exc), None  # and gets no more chunks
+                relay(result.logs)
+                for index, row in result.rows:
+                    on_row(by_index[index], row)
+                bar.update(len(result.rows))
+                stop = stop or result.error
+                if worker is not None:
+                    self.done_by[where[worker]] += len(result.rows)
+                    give(worker)
+            if pending and not stop:
+                stop = "every Ray worker was lost; run the same command again to resume"
+        finally:
+            for worker in workers:  # an interrupted run leaves no worker writing into the folder
+                ray.kill(worker)
+            bar.close()
+        if stop:
+            raise WeedsegError(stop)
+
+
+def lost(chunk: list[Job], exc: Exception) -> ChunkResult:
+    """Failed rows for a chunk whose worker died."""
+    reason = str(exc).strip().splitlines()[0][:300]
+    error = WeedsegError(f"the Ray worker predicting it was lost ({reason}); run the same command again to resume")
+    return ChunkResult([(j.index, {"image": j.name, "mask": "", "spray_map": "", **failure(error)}) for j in chunk], [])
+
+
+def predict_on_ray(input_path: str | Path, out: str | Path, settings: RaySettings, options: PredictOptions,
+                   progress: bool = True) -> RunSummary:
+    """`weedseg predict --ray`: predict_path with the per-image work on a Ray cluster's workers.
+
+    The driver opens the model too (on its CPU, one thread), for the metadata the run record and the
+    output names need and to refuse a bad model before any worker starts.
+    """
+    require_ray()
+    model = resolve_model_path(settings.model)
+    seg = Segmenter(model, "cpu", 1, spin=False, engine="onnxruntime", tta=settings.tta)
+    sha256 = file_sha256(model)
+    worker_options = replace(options, workers=options.workers or 2)  # a few CPUs each: the fewest automatic threads
+
+    def spec(folder: Path, since: int) -> WorkerSpec:
+        record = json.loads((folder / RUN_MANIFEST).read_text())
+        return WorkerSpec(__version__, settings.model, sha256, settings.device, settings.engine,
+                          settings.threads or settings.cpus, settings.tta, worker_options, folder, record, since)
+
+    runner = RayRunner(settings, spec)
+    started = connect(settings.address)
+    try:
+        # absolute paths: the workers' current folders are Ray's own
+        summary = predict_path(Path(input_path).absolute(), Path(out).absolute(), seg, options, progress, runner.run)
+    finally:
+        if started:
+            ray.shutdown()
+    if runner.done_by:
+        log.info("Ray: images per worker: %s", ", ".join(f"{k} {v}" for k, v in sorted(runner.done_by.items())))
+    return summary
