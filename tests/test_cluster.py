@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,15 +58,17 @@ def interrupt(out: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ray_run_matches_local_run_and_resumes_like_it(ray_cluster, photos, tmp_path, caplog):
+def test_ray_run_matches_local_run_resumes_like_it_and_survives_a_lost_worker(ray_cluster, photos, tmp_path, caplog,
+                                                                               monkeypatch):
     caplog.set_level(logging.INFO)
     local, spread = tmp_path / "local", tmp_path / "ray"
     common = ["predict", str(photos), "--engine", "onnxruntime"]
     assert main([*common, "--out", str(local)]) == 0
     assert main([*common, "--out", str(spread), "--ray", "auto"]) == 0
     # every file the same, byte for byte: masks, overlays, grids, spray maps, summary.csv, run record
-    assert files(spread) == files(local)
-    assert len(files(local)) == 6 * 4 + 4  # 4 per photo; summary, spray summary, run record, lock
+    first = files(local)
+    assert files(spread) == first
+    assert len(first) == 6 * 4 + 4  # 4 per photo; summary, spray summary, run record, lock
     per_worker = re.search(r"Ray: images per worker: (.*)", caplog.text).group(1)
     assert len(re.findall(r"\(pid \d+\) [1-9]", per_worker)) == 2, per_worker  # both workers predicted
     assert caplog.text.count("no ground sampling distance") == 2  # said once per run, here as locally
@@ -76,6 +79,26 @@ def test_ray_run_matches_local_run_and_resumes_like_it(ray_cluster, photos, tmp_
     assert main([*common, "--out", str(spread), "--ray", "auto"]) == 0
     assert files(spread) == files(local)
     assert sorted(statuses(spread)) == ["done before"] * 4 + ["predicted"] * 2
+
+    # a worker killed mid-run (out of memory, node lost): its chunk goes to another, nothing is lost
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this test module is not on the workers' path
+    monkeypatch.setattr(cluster, "PredictWorker", DiesOnItsFirstChunk)
+    caplog.clear()
+    assert main([*common, "--out", str(tmp_path / "lost"), "--ray", "auto"]) == 0
+    assert "a Ray worker was lost" in caplog.text
+    assert files(tmp_path / "lost") == first
+
+
+class DiesOnItsFirstChunk(cluster.PredictWorker):
+    """A worker process that dies at its first chunk, as one killed by the kernel would (the first one only:
+    a file beside the output folder says a worker died)."""
+
+    def run(self, jobs):
+        marker = self.spec.out.parent / "a-worker-died"
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return super().run(jobs)
 
 
 def test_without_ray_one_line_says_what_to_install(photos, tmp_path, monkeypatch, capsys):
@@ -129,6 +152,6 @@ def test_chunks_keep_input_order_and_give_an_orthomosaic_its_own(tmp_path):
             job.mask = job.mask.with_suffix(".tif")
     parts = cluster.chunks(jobs, workers=2)
     assert [j.index for part in parts for j in part] == list(range(26))
-    assert [len(p) for p in parts] == [5, 5, 5, 5, 1, 5]
+    assert [len(p) for p in parts] == [4, 4, 4, 4, 4, 1, 4, 1]  # 26 jobs: about 4 chunks per worker
     with pytest.raises(WeedsegError, match="give auto, local or the cluster's HOST:PORT"):
         cluster.check_reachable("head-node")

@@ -39,10 +39,11 @@ except ImportError:  # the [cluster] extra is not installed: require_ray says wh
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "weedseg[cluster]"'
-CHUNKS_PER_WORKER = 3  # a folder is cut into about this many chunks per worker: fewer round trips, balanced ends
-MAX_CHUNK = 32  # images per chunk at most
+CHUNKS_PER_WORKER = 4  # a folder is cut into about this many chunks per worker: fewer round trips, balanced ends
+MAX_CHUNK = 8  # images per chunk at most: the driver hears of a chunk's images when it ends
 CONNECT_TIMEOUT_S = 5
 QUEUED_PER_WORKER = 2  # chunks sent to a worker ahead, so it never waits for the driver
+MAX_LOSSES = 2  # a chunk whose worker died this many times is reported failed
 LogLine = tuple[str, int, str, str]  # logger, level, message, what it says apart from the image it names
 
 
@@ -222,6 +223,124 @@ def chunks(jobs: list[Job], workers: int) -> list[list[Job]]:
 
 
 @dataclass
+class Chunk:
+    """Jobs given to one worker at a time, and how many workers died running them."""
+
+    jobs: list[Job]
+    losses: int = 0
+
+
+class Dispatch:
+    """One run's chunks over the workers: each worker gets QUEUED_PER_WORKER chunks once ready and one more per
+    chunk done. A worker that dies is replaced (as many times as there were workers) and its chunks go to
+    others; a chunk whose worker died MAX_LOSSES times is reported failed."""
+
+    def __init__(self, worker: Callable[[], object], count: int, parts: list[list[Job]], jobs: list[Job],
+                 on_row: Callable[[Job, dict], None], bar: tqdm) -> None:
+        self.worker, self.spares = worker, count
+        self.pending = [Chunk(part) for part in reversed(parts)]  # popped from the end, in input order
+        self.by_index = {job.index: job for job in jobs}
+        self.on_row, self.bar = on_row, bar
+        self.workers: list = []
+        self.starting: dict = {}  # ready() ref -> worker
+        self.running: dict = {}  # run() ref -> (worker, chunk)
+        self.where: dict = {}  # worker -> host and pid
+        self.done_by: Counter = Counter()
+        self.told: set[str] = set()
+        self.stop: str | None = None
+        self.loss = ""  # why the last worker lost was lost
+        for _ in range(count):
+            self.start()
+
+    def start(self) -> None:
+        worker = self.worker()
+        self.workers.append(worker)
+        self.starting[worker.ready.remote()] = worker
+
+    def go(self) -> None:
+        """Run every chunk; WeedsegError for a worker that cannot start or a chunk stopped by the disk."""
+        while self.starting or self.running:
+            ref = ray.wait([*self.starting, *self.running], num_returns=1)[0][0]
+            if ref in self.starting:
+                self.started(ref)
+            else:
+                self.finished(ref)
+        if self.pending and not self.stop:
+            self.stop = f"every Ray worker was lost ({self.loss}); run the same command again to resume"
+        if self.stop:
+            raise WeedsegError(self.stop)
+
+    def started(self, ref) -> None:
+        worker = self.starting.pop(ref)
+        try:
+            self.where[worker], problem, logs = ray.get(ref)
+        except RayError as exc:
+            self.died(worker, exc)
+            return
+        self.relay(logs)
+        if problem:
+            raise WeedsegError(problem)
+        for _ in range(QUEUED_PER_WORKER):
+            self.give(worker)
+
+    def finished(self, ref) -> None:
+        worker, chunk = self.running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RayError as exc:  # its worker died (killed, out of memory, node lost)
+            self.died(worker, exc, chunk)
+            return
+        self.relay(result.logs)
+        for index, row in result.rows:
+            self.on_row(self.by_index[index], row)
+        self.bar.update(len(result.rows))
+        self.done_by[self.where[worker]] += len(result.rows)
+        self.stop = self.stop or result.error
+        self.give(worker)
+
+    def died(self, worker, exc: Exception, chunk: Chunk | None = None) -> None:
+        """A worker is gone: its chunk goes back to the queue (or is reported failed), a new worker replaces it."""
+        self.loss = reason(exc)
+        if chunk is not None:
+            chunk.losses += 1
+            if chunk.losses < MAX_LOSSES:
+                self.pending.append(chunk)
+            else:
+                for job in chunk.jobs:
+                    self.on_row(job, lost(job, exc))
+                self.bar.update(len(chunk.jobs))
+        if worker in self.workers:
+            self.workers.remove(worker)
+            if self.spares > 0 and self.stop is None:
+                self.spares -= 1
+                log.warning("a Ray worker was lost (%s); starting another", self.loss)
+                self.start()
+
+    def give(self, worker) -> None:
+        if self.pending and self.stop is None and worker in self.workers:
+            chunk = self.pending.pop()
+            self.running[worker.run.remote(chunk.jobs)] = (worker, chunk)
+
+    def relay(self, logs: list[LogLine]) -> None:
+        """Log the workers' lines, each kind once (each worker tells its first of each kind)."""
+        for name, level, message, kind in logs:
+            if kind not in self.told:
+                self.told.add(kind)
+                logging.getLogger(name).log(level, message)
+
+
+def reason(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300]
+
+
+def lost(job: Job, exc: Exception) -> dict:
+    """The summary row of an image whose worker died MAX_LOSSES times."""
+    error = WeedsegError(f"the Ray workers predicting it were lost ({reason(exc)}); run the same command again to "
+                         "resume")
+    return {"image": job.name, "mask": "", "spray_map": "", **failure(error)}
+
+
+@dataclass
 class RayRunner:
     """Runs jobs on Ray workers in place of a local Predictor (`run` is predict_path's `run_jobs`)."""
 
@@ -244,71 +363,19 @@ class RayRunner:
         parts = chunks(jobs, count)
         count = min(count, len(parts))
         spec = self.spec(out, since)
-        worker_class = ray.remote(PredictWorker).options(max_restarts=1, max_task_retries=1, **resources)
-        workers = [worker_class.remote(spec) for _ in range(count)]
+        worker_class = ray.remote(PredictWorker).options(**resources)
         log.info("Ray: %d workers of %s, %d chunks of up to %d images", count,
                  " and ".join(f"{v} {k.removeprefix('num_')[:3].upper()}" for k, v in resources.items()), len(parts),
                  max(map(len, parts)))
-        by_index = {job.index: job for job in jobs}
-        told: set[str] = set()
         bar = tqdm(total=len(jobs), unit="img", desc="predicting", disable=not progress, smoothing=0.1)
-        starting = {w.ready.remote(): w for w in workers}
-        running: dict = {}  # chunk result ref -> (worker, where, chunk)
-        where: dict = {}
-        pending = list(reversed(parts))
-        stop: str | None = None
-
-        def relay(logs: list[LogLine]) -> None:
-            for name, level, message, kind in logs:
-                if kind not in told:  # each worker tells its first of each kind: said once here
-                    told.add(kind)
-                    logging.getLogger(name).log(level, message)
-
-        def give(worker) -> None:
-            if pending and stop is None:
-                chunk = pending.pop()
-                running[worker.run.remote(chunk)] = (worker, chunk)
-
+        dispatch = Dispatch(lambda: worker_class.remote(spec), count, parts, jobs, on_row, bar)
         try:
-            while starting or running:
-                ref = ray.wait([*starting, *running], num_returns=1)[0][0]
-                if ref in starting:
-                    worker = starting.pop(ref)
-                    where[worker], problem, logs = ray.get(ref)
-                    relay(logs)
-                    if problem:
-                        raise WeedsegError(problem)
-                    for _ in range(QUEUED_PER_WORKER):
-                        give(worker)
-                    continue
-                worker, chunk = running.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except RayError as exc:  # the worker died (killed, out of memory, node lost), even when retried
-                    result, worker = lost(chunk, exc), None  # and gets no more chunks
-                relay(result.logs)
-                for index, row in result.rows:
-                    on_row(by_index[index], row)
-                bar.update(len(result.rows))
-                stop = stop or result.error
-                if worker is not None:
-                    self.done_by[where[worker]] += len(result.rows)
-                    give(worker)
-            if pending and not stop:
-                stop = "every Ray worker was lost; run the same command again to resume"
+            dispatch.go()
         finally:
-            for worker in workers:  # an interrupted run leaves no worker writing into the folder
+            for worker in dispatch.workers:  # an interrupted run leaves no worker writing into the folder
                 ray.kill(worker)
             bar.close()
-        if stop:
-            raise WeedsegError(stop)
-
-
-def lost(chunk: list[Job], exc: Exception) -> ChunkResult:
-    """Failed rows for a chunk whose worker died."""
-    reason = str(exc).strip().splitlines()[0][:300]
-    error = WeedsegError(f"the Ray worker predicting it was lost ({reason}); run the same command again to resume")
-    return ChunkResult([(j.index, {"image": j.name, "mask": "", "spray_map": "", **failure(error)}) for j in chunk], [])
+            self.done_by = dispatch.done_by
 
 
 def predict_on_ray(input_path: str | Path, out: str | Path, settings: RaySettings, options: PredictOptions,
