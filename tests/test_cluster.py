@@ -18,6 +18,7 @@ from weedseg import WeedsegError, __version__
 from weedseg.cli import main
 from weedseg.data.io import RUN_MANIFEST, file_sha256
 from weedseg.infer import cluster
+from weedseg.infer.outdir import JOURNAL
 from weedseg.infer.pipeline import PredictOptions, plan_jobs
 from weedseg.infer.session import DEFAULT_MODEL
 
@@ -27,7 +28,7 @@ ray = pytest.importorskip("ray")
 @pytest.fixture()
 def ray_cluster():
     """A Ray instance of two worker CPUs in this process (so two workers of one CPU), shut down after the test."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield
     ray.shutdown()
 
@@ -42,8 +43,11 @@ def photos(peanut_root, tmp_path) -> Path:
     return folder
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def files(folder: Path) -> dict[str, bytes | list[bytes]]:
+    """Every file's bytes; the run journal's lines sorted, as they are written in the order images finish."""
+    found = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    found[JOURNAL] = sorted(found[JOURNAL].splitlines())
+    return found
 
 
 def statuses(out: Path) -> list[str]:
@@ -65,10 +69,10 @@ def test_ray_run_matches_local_run_resumes_like_it_and_survives_a_lost_worker(ra
     common = ["predict", str(photos), "--engine", "onnxruntime"]
     assert main([*common, "--out", str(local)]) == 0
     assert main([*common, "--out", str(spread), "--ray", "auto"]) == 0
-    # every file the same, byte for byte: masks, overlays, grids, spray maps, summary.csv, run record
+    # every file the same, byte for byte: masks, overlays, grids, spray maps, summary.csv, run record, journal
     first = files(local)
     assert files(spread) == first
-    assert len(first) == 6 * 4 + 4  # 4 per photo; summary, spray summary, run record, lock
+    assert len(first) == 6 * 4 + 5 and len(first[JOURNAL]) == 6  # 4 per photo; summary, spray summary, record, ...
     per_worker = re.search(r"Ray: images per worker: (.*)", caplog.text).group(1)
     assert len(re.findall(r"\(pid \d+\) [1-9]", per_worker)) == 2, per_worker  # both workers predicted
     assert caplog.text.count("no ground sampling distance") == 2  # said once per run, here as locally
@@ -93,12 +97,12 @@ class DiesOnItsFirstChunk(cluster.PredictWorker):
     """A worker process that dies at its first chunk, as one killed by the kernel would (the first one only:
     a file beside the output folder says a worker died)."""
 
-    def run(self, jobs):
+    def run(self, jobs, entries):
         marker = self.spec.out.parent / "a-worker-died"
         if not marker.exists():
             marker.touch()
             os._exit(1)
-        return super().run(jobs)
+        return super().run(jobs, entries)
 
 
 def test_without_ray_one_line_says_what_to_install(photos, tmp_path, monkeypatch, capsys):
@@ -119,7 +123,7 @@ def worker_spec(out: Path, **changes) -> cluster.WorkerSpec:
     record = {"format": "weedseg.predict-run/1", "input": "/photos"}
     (out / RUN_MANIFEST).write_text(json.dumps(record))
     spec = cluster.WorkerSpec(__version__, None, file_sha256(DEFAULT_MODEL), "cpu", "onnxruntime", 1, None,
-                              PredictOptions(), out, record, 0)
+                              PredictOptions(), out, record)
     return replace(spec, **changes)
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .. import WeedsegError, __version__
 from ..data.io import RUN_MANIFEST, file_sha256
+from .outdir import RunJournal
 from .pipeline import Job, PredictOptions, Predictor, RunSummary, failure, predict_path
 from .session import Segmenter, resolve_model_path
 
@@ -81,7 +82,6 @@ class WorkerSpec:
     options: PredictOptions
     out: Path
     record: dict  # the output folder's RUN_MANIFEST, as the driver wrote it
-    since: int
 
 
 @dataclass
@@ -89,6 +89,7 @@ class ChunkResult:
     """What a worker sends back for a chunk of jobs."""
 
     rows: list[tuple[int, dict]]  # (job index, summary row)
+    finished: list[tuple[str, dict, dict]]  # the run journal's new entries: (image, summary fields, settings)
     logs: list[LogLine]
     error: str | None = None  # a WeedsegError that stopped the chunk (a disk that cannot take the outputs)
 
@@ -121,7 +122,7 @@ def connect(address: str) -> bool:
         check_reachable(address)
     try:
         if address == "local":
-            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except ConnectionError as exc:
@@ -195,16 +196,29 @@ class PredictWorker:
         """Where this worker runs, the problem that stops it (None if none), and its log lines so far."""
         return self.where, self.problem, self.logs.drain()
 
-    def run(self, jobs: list[Job]) -> ChunkResult:
-        """Predict a chunk of jobs as a local run does, outputs written into the shared output folder."""
+    def run(self, jobs: list[Job], entries: dict[str, dict]) -> ChunkResult:
+        """Predict a chunk of jobs as a local run does, outputs written into the shared output folder; `entries`
+        are the run journal's for these jobs."""
         rows: list[tuple[int, dict]] = []
+        journal = ChunkJournal(entries)
         self.logs.images = {job.name for job in jobs}
         try:
-            self.predictor.run(jobs, self.spec.out, lambda job, row: rows.append((job.index, row)),
-                               progress=False, since=self.spec.since)
+            self.predictor.run(jobs, self.spec.out, lambda job, row: rows.append((job.index, row)), False, journal)
         except WeedsegError as exc:
-            return ChunkResult(rows, self.logs.drain(), str(exc))
-        return ChunkResult(rows, self.logs.drain())
+            return ChunkResult(rows, journal.new, self.logs.drain(), str(exc))
+        return ChunkResult(rows, journal.new, self.logs.drain())
+
+
+class ChunkJournal(RunJournal):
+    """The run journal on a worker: the driver's entries for a chunk, which say which images are done as the
+    folder's journal would; what the worker adds goes back to the driver, which alone writes the journal."""
+
+    def __init__(self, entries: dict[str, dict]) -> None:  # no super().__init__: it would open the journal's file
+        self.entries = entries
+        self.new: list[tuple[str, dict, dict]] = []
+
+    def add(self, name: str, photo: Path, row: dict, settings: dict) -> None:
+        self.new.append((name, row, settings))
 
 
 def chunks(jobs: list[Job], workers: int) -> list[list[Job]]:
@@ -236,11 +250,12 @@ class Dispatch:
     others; a chunk whose worker died MAX_LOSSES times is reported failed."""
 
     def __init__(self, worker: Callable[[], object], count: int, parts: list[list[Job]], jobs: list[Job],
-                 on_row: Callable[[Job, dict], None], bar: tqdm) -> None:
+                 on_row: Callable[[Job, dict], None], journal: RunJournal | None, bar: tqdm) -> None:
         self.worker, self.spares = worker, count
         self.pending = [Chunk(part) for part in reversed(parts)]  # popped from the end, in input order
         self.by_index = {job.index: job for job in jobs}
-        self.on_row, self.bar = on_row, bar
+        self.by_name = {job.name: job for job in jobs}
+        self.on_row, self.journal, self.bar = on_row, journal, bar
         self.workers: list = []
         self.starting: dict = {}  # ready() ref -> worker
         self.running: dict = {}  # run() ref -> (worker, chunk)
@@ -291,6 +306,8 @@ class Dispatch:
             self.died(worker, exc, chunk)
             return
         self.relay(result.logs)
+        for name, fields, settings in result.finished if self.journal is not None else ():
+            self.journal.add(name, self.by_name[name].path, fields, settings)
         for index, row in result.rows:
             self.on_row(self.by_index[index], row)
         self.bar.update(len(result.rows))
@@ -319,7 +336,9 @@ class Dispatch:
     def give(self, worker) -> None:
         if self.pending and self.stop is None and worker in self.workers:
             chunk = self.pending.pop()
-            self.running[worker.run.remote(chunk.jobs)] = (worker, chunk)
+            known = self.journal.entries if self.journal is not None else {}
+            entries = {job.name: known[job.name] for job in chunk.jobs if job.name in known}
+            self.running[worker.run.remote(chunk.jobs, entries)] = (worker, chunk)
 
     def relay(self, logs: list[LogLine]) -> None:
         """Log the workers' lines, each kind once (each worker tells its first of each kind)."""
@@ -345,7 +364,7 @@ class RayRunner:
     """Runs jobs on Ray workers in place of a local Predictor (`run` is predict_path's `run_jobs`)."""
 
     settings: RaySettings
-    spec: Callable[[Path, int], WorkerSpec]  # the workers' spec for an output folder claimed at a time
+    spec: Callable[[Path], WorkerSpec]  # the workers' spec for a claimed output folder
     done_by: Counter = field(default_factory=Counter)  # images per worker, after a run
 
     def worker_count(self) -> tuple[int, dict]:
@@ -355,20 +374,21 @@ class RayRunner:
         return int(ray.cluster_resources().get("CPU", 0) // self.settings.cpus), {"num_cpus": self.settings.cpus}
 
     def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True,
-            since: int = 0) -> None:
-        """Predict `jobs` on the cluster's workers; `on_row` gets each image's summary row as its chunk finishes."""
+            journal: RunJournal | None = None) -> None:
+        """Predict `jobs` on the cluster's workers as Predictor.run would; `on_row` gets each image's summary row, and
+        `journal` its entry, as its chunk finishes."""
         count, resources = self.worker_count()
         if count < 1:
             raise WeedsegError(f"the Ray cluster has no room for a worker of {resources}; lower --ray-cpus or add nodes")
         parts = chunks(jobs, count)
         count = min(count, len(parts))
-        spec = self.spec(out, since)
+        spec = self.spec(out)
         worker_class = ray.remote(PredictWorker).options(**resources)
         log.info("Ray: %d workers of %s, %d chunks of up to %d images", count,
                  " and ".join(f"{v} {k.removeprefix('num_')[:3].upper()}" for k, v in resources.items()), len(parts),
                  max(map(len, parts)))
         bar = tqdm(total=len(jobs), unit="img", desc="predicting", disable=not progress, smoothing=0.1)
-        dispatch = Dispatch(lambda: worker_class.remote(spec), count, parts, jobs, on_row, bar)
+        dispatch = Dispatch(lambda: worker_class.remote(spec), count, parts, jobs, on_row, journal, bar)
         try:
             dispatch.go()
         finally:
@@ -391,10 +411,10 @@ def predict_on_ray(input_path: str | Path, out: str | Path, settings: RaySetting
     sha256 = file_sha256(model)
     worker_options = replace(options, workers=options.workers or 2)  # a few CPUs each: the fewest automatic threads
 
-    def spec(folder: Path, since: int) -> WorkerSpec:
+    def spec(folder: Path) -> WorkerSpec:
         record = json.loads((folder / RUN_MANIFEST).read_text())
         return WorkerSpec(__version__, settings.model, sha256, settings.device, settings.engine,
-                          settings.threads or settings.cpus, settings.tta, worker_options, folder, record, since)
+                          settings.threads or settings.cpus, settings.tta, worker_options, folder, record)
 
     runner = RayRunner(settings, spec)
     started = connect(settings.address)
