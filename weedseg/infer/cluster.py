@@ -5,9 +5,9 @@ it scans the folder, plans every image's outputs, claims the output folder and w
 (weedseg.infer.pipeline.predict_path). Only the per-image work moves: Ray workers, one model session
 each, loaded once, run the local pipeline (Predictor.run) over chunks of jobs and write each image's
 outputs straight into the output folder, so the folders must be on storage that every node mounts at
-the same path (docs/cluster.md). Each worker sends back the summary rows of its chunk and its log
-lines; the driver gathers them as chunks finish. Outputs are the local run's, file for file, and an
-interrupted run resumes as a local one does: a mask marks an image done.
+the same path (docs/cluster.md). Each worker sends back the summary rows of its chunk, their run
+journal entries and its log lines; the driver gathers them as chunks finish and alone writes the
+journal. Outputs are the local run's, file for file, and an interrupted run resumes as a local one does.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class RaySettings:
     """Where and how `weedseg predict --ray` runs.
 
     `address`: `auto` (the cluster this machine belongs to, started with `ray start`, or $RAY_ADDRESS),
-    `local` (a Ray instance of this machine's own, for the run only) or a cluster address (HOST:6379, or
-    ray://HOST:10001). `cpus`: CPUs per worker; one worker (one model session) per `cpus` CPUs of the
+    `local` (a Ray instance of this machine's own, for the run only) or a cluster's HOST:PORT (its head node's
+    GCS address, e.g. 10.0.0.5:6379). `cpus`: CPUs per worker; one worker (one model session) per `cpus` CPUs of the
     cluster. `threads`: inference threads per worker (0: `cpus`). `device`, `engine`: as `weedseg predict`'s,
     chosen on each worker's own node; with device cuda each worker takes one GPU.
     """
@@ -102,7 +102,7 @@ def require_ray() -> None:
 
 def check_reachable(address: str) -> None:
     """WeedsegError unless something answers at a HOST:PORT address (Ray itself retries a wrong one for minutes)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise WeedsegError(f"--ray {address}: give auto, local or the cluster's HOST:PORT (e.g. 10.0.0.5:6379)")
     try:
