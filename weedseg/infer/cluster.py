@@ -366,6 +366,7 @@ class RayRunner:
     settings: RaySettings
     spec: Callable[[Path], WorkerSpec]  # the workers' spec for a claimed output folder
     done_by: Counter = field(default_factory=Counter)  # images per worker, after a run
+    said: CapturedLogs = field(default_factory=CapturedLogs)  # the driver's own lines, not repeated from workers
 
     def worker_count(self) -> tuple[int, dict]:
         """How many workers the cluster holds, and the resources each asks for."""
@@ -379,7 +380,8 @@ class RayRunner:
         `journal` its entry, as its chunk finishes."""
         count, resources = self.worker_count()
         if count < 1:
-            raise WeedsegError(f"the Ray cluster has no room for a worker of {resources}; lower --ray-cpus or add nodes")
+            need = "a GPU" if "num_gpus" in resources else f"{self.settings.cpus} CPUs"
+            raise WeedsegError(f"the Ray cluster has no room for a worker ({need}); lower --ray-cpus or add nodes")
         parts = chunks(jobs, count)
         count = min(count, len(parts))
         spec = self.spec(out)
@@ -389,6 +391,7 @@ class RayRunner:
                  max(map(len, parts)))
         bar = tqdm(total=len(jobs), unit="img", desc="predicting", disable=not progress, smoothing=0.1)
         dispatch = Dispatch(lambda: worker_class.remote(spec), count, parts, jobs, on_row, journal, bar)
+        dispatch.told.update(kind for *_, kind in self.said.records)
         try:
             dispatch.go()
         finally:
@@ -417,11 +420,14 @@ def predict_on_ray(input_path: str | Path, out: str | Path, settings: RaySetting
                           settings.threads or settings.cpus, settings.tta, worker_options, folder, record)
 
     runner = RayRunner(settings, spec)
+    weedseg_log = logging.getLogger("weedseg")
+    weedseg_log.addHandler(runner.said)
     started = connect(settings.address)
     try:
         # absolute paths: the workers' current folders are Ray's own
         summary = predict_path(Path(input_path).absolute(), Path(out).absolute(), seg, options, progress, runner.run)
     finally:
+        weedseg_log.removeHandler(runner.said)
         if started:
             ray.shutdown()
     if runner.done_by:
