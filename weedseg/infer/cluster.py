@@ -412,11 +412,12 @@ def predict_on_ray(input_path: str | Path, out: str | Path, settings: RaySetting
     model = resolve_model_path(settings.model)
     seg = Segmenter(model, "cpu", 1, spin=False, engine="onnxruntime", tta=settings.tta)
     sha256 = file_sha256(model)
+    given = str(model.absolute()) if settings.model else None  # None: each node's own default model
     worker_options = replace(options, workers=options.workers or 2)  # a few CPUs each: the fewest automatic threads
 
     def spec(folder: Path) -> WorkerSpec:
         record = json.loads((folder / RUN_MANIFEST).read_text())
-        return WorkerSpec(__version__, settings.model, sha256, settings.device, settings.engine,
+        return WorkerSpec(__version__, given, sha256, settings.device, settings.engine,
                           settings.threads or settings.cpus, settings.tta, worker_options, folder, record)
 
     runner = RayRunner(settings, spec)
