@@ -263,7 +263,7 @@ class Dispatch:
         self.done_by: Counter = Counter()
         self.told: set[str] = set()
         self.stop: str | None = None
-        self.loss = ""  # why the last worker lost was lost
+        self.loss = ""  # why the last lost worker was lost
         for _ in range(count):
             self.start()
 
