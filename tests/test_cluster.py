@@ -22,12 +22,13 @@ from weedseg.infer.outdir import JOURNAL
 from weedseg.infer.pipeline import PredictOptions, plan_jobs
 from weedseg.infer.session import DEFAULT_MODEL
 
-ray = pytest.importorskip("ray")
+needs_ray = pytest.mark.skipif(cluster.ray is None, reason='needs pip install "weedseg[cluster]"')
 
 
 @pytest.fixture()
 def ray_cluster():
     """A Ray instance of two worker CPUs in this process (so two workers of one CPU), shut down after the test."""
+    ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield
     ray.shutdown()
@@ -62,6 +63,7 @@ def interrupt(out: Path) -> None:
 
 
 @pytest.mark.slow
+@needs_ray
 def test_ray_run_matches_local_run_resumes_like_it_and_survives_a_lost_worker(ray_cluster, photos, tmp_path, caplog,
                                                                                monkeypatch):
     caplog.set_level(logging.INFO)
@@ -85,7 +87,7 @@ def test_ray_run_matches_local_run_resumes_like_it_and_survives_a_lost_worker(ra
     assert sorted(statuses(spread)) == ["done before"] * 4 + ["predicted"] * 2
 
     # a worker killed mid-run (out of memory, node lost): its chunk goes to another, nothing is lost
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this test module is not on the workers' path
+    cluster.ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this test module is not on the workers' path
     monkeypatch.setattr(cluster, "PredictWorker", DiesOnItsFirstChunk)
     caplog.clear()
     assert main([*common, "--out", str(tmp_path / "lost"), "--ray", "auto"]) == 0
@@ -113,6 +115,7 @@ def test_without_ray_one_line_says_what_to_install(photos, tmp_path, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
+@needs_ray
 def test_a_wrong_address_is_refused_at_once(photos, tmp_path, capsys):
     assert main(["predict", str(photos), "--out", str(tmp_path / "out"), "--ray", "127.0.0.1:1"]) == 2
     assert "cannot reach a Ray cluster at 127.0.0.1:1" in capsys.readouterr().err
