@@ -104,7 +104,7 @@ class DiesOnItsFirstChunk(cluster.PredictWorker):
         if not marker.exists():
             marker.touch()
             os._exit(1)
-        return super().run(jobs, entries)
+        yield from super().run(jobs, entries)
 
 
 def test_without_ray_one_line_says_what_to_install(photos, tmp_path, monkeypatch, capsys):

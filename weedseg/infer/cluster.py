@@ -16,9 +16,11 @@ import json
 import logging
 import math
 import os
+import queue
 import socket
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "weedseg[cluster]"'
 CHUNKS_PER_WORKER = 4  # a folder is cut into about this many chunks per worker: fewer round trips, balanced ends
-MAX_CHUNK = 8  # images per chunk at most: the driver hears of a chunk's images when it ends
+MAX_CHUNK = 8  # images per chunk at most
 CONNECT_TIMEOUT_S = 5
 QUEUED_PER_WORKER = 2  # chunks sent to a worker ahead, so it never waits for the driver
 MAX_LOSSES = 2  # a chunk whose worker died this many times is reported failed
@@ -85,11 +87,11 @@ class WorkerSpec:
 
 
 @dataclass
-class ChunkResult:
-    """What a worker sends back for a chunk of jobs."""
+class Report:
+    """What a worker sends back as an image of its chunk finishes (or, with `error`, as the chunk stops)."""
 
-    rows: list[tuple[int, dict]]  # (job index, summary row)
-    finished: list[tuple[str, dict, dict]]  # the run journal's new entries: (image, summary fields, settings)
+    row: tuple[int, dict] | None  # (job index, summary row)
+    entry: tuple[str, dict, dict] | None  # a new run journal entry: (image, summary fields, settings)
     logs: list[LogLine]
     error: str | None = None  # a WeedsegError that stopped the chunk (a disk that cannot take the outputs)
 
@@ -196,17 +198,30 @@ class PredictWorker:
         """Where this worker runs, the problem that stops it (None if none), and its log lines so far."""
         return self.where, self.problem, self.logs.drain()
 
-    def run(self, jobs: list[Job], entries: dict[str, dict]) -> ChunkResult:
-        """Predict a chunk of jobs as a local run does, outputs written into the shared output folder; `entries`
-        are the run journal's for these jobs."""
-        rows: list[tuple[int, dict]] = []
+    def run(self, jobs: list[Job], entries: dict[str, dict]) -> Iterator[Report]:
+        """Predict a chunk of jobs as a local run does, outputs written into the shared output folder, yielding each
+        image's report as it finishes (a Ray generator); `entries` are the run journal's for these jobs."""
+        reports: queue.SimpleQueue = queue.SimpleQueue()
         journal = ChunkJournal(entries)
         self.logs.images = {job.name for job in jobs}
-        try:
-            self.predictor.run(jobs, self.spec.out, lambda job, row: rows.append((job.index, row)), False, journal)
-        except WeedsegError as exc:
-            return ChunkResult(rows, journal.new, self.logs.drain(), str(exc))
-        return ChunkResult(rows, journal.new, self.logs.drain())
+
+        def report(job: Job, row: dict) -> None:  # the pipeline's reporting thread adds the entry, then the row
+            reports.put(Report((job.index, row), journal.new.pop(job.name, None), self.logs.drain()))
+
+        def predict() -> None:
+            try:
+                self.predictor.run(jobs, self.spec.out, report, False, journal)
+            except WeedsegError as exc:
+                reports.put(Report(None, None, self.logs.drain(), str(exc)))
+            except BaseException as exc:  # noqa: BLE001 - raised again below, in this task
+                reports.put(exc)
+            reports.put(None)
+
+        threading.Thread(target=predict, name="weedseg-chunk", daemon=True).start()
+        while (item := reports.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 class ChunkJournal(RunJournal):
@@ -215,10 +230,10 @@ class ChunkJournal(RunJournal):
 
     def __init__(self, entries: dict[str, dict]) -> None:  # no super().__init__: it would open the journal's file
         self.entries = entries
-        self.new: list[tuple[str, dict, dict]] = []
+        self.new: dict[str, tuple[str, dict, dict]] = {}
 
     def add(self, name: str, photo: Path, row: dict, settings: dict) -> None:
-        self.new.append((name, row, settings))
+        self.new[name] = (name, row, settings)
 
 
 def chunks(jobs: list[Job], workers: int) -> list[list[Job]]:
@@ -238,10 +253,15 @@ def chunks(jobs: list[Job], workers: int) -> list[list[Job]]:
 
 @dataclass
 class Chunk:
-    """Jobs given to one worker at a time, and how many workers died running them."""
+    """Jobs given to one worker at a time, those reported, and how many workers died running them."""
 
     jobs: list[Job]
     losses: int = 0
+    reported: set[int] = field(default_factory=set)
+
+    def left(self) -> Chunk:
+        """The jobs not reported yet, as a chunk."""
+        return Chunk([j for j in self.jobs if j.index not in self.reported], self.losses)
 
 
 class Dispatch:
@@ -258,7 +278,7 @@ class Dispatch:
         self.on_row, self.journal, self.bar = on_row, journal, bar
         self.workers: list = []
         self.starting: dict = {}  # ready() ref -> worker
-        self.running: dict = {}  # run() ref -> (worker, chunk)
+        self.running: dict = {}  # run() generator -> (worker, chunk)
         self.where: dict = {}  # worker -> host and pid
         self.done_by: Counter = Counter()
         self.told: set[str] = set()
@@ -298,27 +318,36 @@ class Dispatch:
         for _ in range(QUEUED_PER_WORKER):
             self.give(worker)
 
-    def finished(self, ref) -> None:
-        worker, chunk = self.running.pop(ref)
+    def finished(self, generator) -> None:
+        """The next report of a chunk (an image finished), or its end."""
+        worker, chunk = self.running[generator]
         try:
-            result = ray.get(ref)
-        except RayError as exc:  # its worker died (killed, out of memory, node lost)
-            self.died(worker, exc, chunk)
+            report = ray.get(next(generator))
+        except StopIteration:
+            del self.running[generator]
+            self.give(worker)
             return
-        self.relay(result.logs)
-        for name, fields, settings in result.finished if self.journal is not None else ():
+        except RayError as exc:  # its worker died (killed, out of memory, node lost)
+            del self.running[generator]
+            self.died(worker, exc, chunk.left())
+            return
+        self.relay(report.logs)
+        if report.entry is not None and self.journal is not None:
+            name, fields, settings = report.entry
             self.journal.add(name, self.by_name[name].path, fields, settings)
-        for index, row in result.rows:
+        if report.row is not None:
+            index, row = report.row
+            chunk.reported.add(index)
             self.on_row(self.by_index[index], row)
-        self.bar.update(len(result.rows))
-        self.done_by[self.where[worker]] += len(result.rows)
-        self.stop = self.stop or result.error
-        self.give(worker)
+            self.bar.update()
+            self.done_by[self.where[worker]] += 1
+        self.stop = self.stop or report.error
 
     def died(self, worker, exc: Exception, chunk: Chunk | None = None) -> None:
-        """A worker is gone: its chunk goes back to the queue (or is reported failed), a new worker replaces it."""
+        """A worker is gone: its chunk's images not reported go back to the queue (or are reported failed), and a new
+        worker replaces it."""
         self.loss = reason(exc)
-        if chunk is not None:
+        if chunk is not None and chunk.jobs:
             chunk.losses += 1
             if chunk.losses < MAX_LOSSES:
                 self.pending.append(chunk)
@@ -377,7 +406,7 @@ class RayRunner:
     def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True,
             journal: RunJournal | None = None) -> None:
         """Predict `jobs` on the cluster's workers as Predictor.run would; `on_row` gets each image's summary row, and
-        `journal` its entry, as its chunk finishes."""
+        `journal` its entry, as it finishes."""
         count, resources = self.worker_count()
         if count < 1:
             need = "a GPU" if "num_gpus" in resources else f"{self.settings.cpus} CPUs"
