@@ -161,7 +161,8 @@ class CapturedLogs(logging.Handler):
         self.records.append((record.name, record.levelno, record.getMessage(), kind))
 
     def drain(self) -> list[LogLine]:
-        records, self.records = self.records, []
+        with self.lock:  # emit runs under it, in whichever thread logs
+            records, self.records = self.records, []
         return records
 
 
