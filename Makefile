@@ -37,7 +37,7 @@ setup: $(BIN)/weedseg
 DATA ?= $(or $(WEEDSEG_DATA),../shared/field_data)
 demo: setup
 	$(BIN)/weedseg predict $(DATA)/peanut/images --out runs/demo --overwrite
-	$(BIN)/weedseg evaluate weedseg/weights/weedseg-peanut-default.pt --dataset peanut --split test --full-res --out runs/demo/test-metrics.json
+	$(BIN)/weedseg evaluate models/weedseg-peanut-default.pt --dataset peanut --split test --full-res --out runs/demo/test-metrics.json
 
 # The browser test (tests/test_app_browser.py) needs Chromium: installed with apt-get where it can be
 # (Debian CI runs as root); elsewhere that test is skipped.

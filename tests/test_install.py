@@ -9,6 +9,7 @@ import subprocess
 import sys
 import sysconfig
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,12 @@ def test_wheel_in_fresh_venv_predicts_and_serves_the_app(tmp_path, peanut_root):
                     str(source)], check=True, capture_output=True, timeout=120)
     wheel = next(wheels.glob("weedseg-*.whl"))
     assert wheel.stat().st_size < 40e6
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    modules = {p.relative_to(source).as_posix() for p in (source / "weedseg").rglob("*.py")}
+    assert modules <= packed, f"not in the wheel (list its package in pyproject.toml): {sorted(modules - packed)}"
+    # the top-level app/ and models/ of the checkout, carried inside the package
+    assert {"weedseg/app/weedseg_app.py", "weedseg/weights/README.md", "weedseg/weights/weedseg-peanut-default.onnx",
+            "weedseg/data/split_files/peanut.json"} <= packed
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     python = venv / "bin" / "python"

@@ -67,7 +67,7 @@ class TrainConfig:
     init_head: bool = False  # also copy the head from `init` when its shape matches
 
 
-# the starting point `--init field` (the default) names: pretrained on 3,580 field photos (weedseg/weights/README.md)
+# the starting point `--init field` (the default) names: pretrained on 3,580 field photos (models/README.md)
 FIELD_PRETRAINED, FIELD_PRETRAINED_MODEL = "weedseg-field-pretrained.pt", "unet-resnet18-quarter"
 CHECKPOINT_EVERY_S = 30.0  # the most training an interruption between validations can lose
 

@@ -1,7 +1,7 @@
 """weedseg upload page: drop field photos, see where the weeds are. Start it with `weedseg app`.
 
 UI only: decoding, segmentation and summaries live in weedseg.infer.image. The models offered are
-the *.onnx files shipped in weedseg/weights/ (or in the folder named by $WEEDSEG_MODELS); see docs/app.md.
+the shipped *.onnx files (models/ in a checkout), or those in the folder named by $WEEDSEG_MODELS; see docs/app.md.
 """
 
 from __future__ import annotations
