@@ -12,7 +12,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from serving import free_port, wait_healthy
 
@@ -65,6 +67,25 @@ def test_predict_and_infer_without_torch(tmp_path, peanut_root):
     assert done.returncode == 0, done.stderr
     assert "exit 0" in done.stdout
     assert (tmp_path / "out" / f"{image.stem}.mask.png").is_file()
+
+
+def test_dataset_check_without_torch_compares_the_masks_of_a_duplicated_photo(tmp_path):
+    """The sample folder with one photo stored twice, the copy's mask partly repainted: the check scores how
+    far the two masks agree (numpy only) on an install without torch."""
+    data = tmp_path / "data"
+    shutil.copytree(REPO / "samples" / "peanut", data)
+    shutil.copy(data / "images" / "0082.jpg", data / "images" / "copy.jpg")
+    mask = np.array(Image.open(data / "labels" / "0082.png"))
+    mask[:100, :100] = (255, 0, 0)  # weed
+    Image.fromarray(mask).save(data / "labels" / "copy.png")
+    env = no_torch_env(tmp_path)
+    env["PYTHONPATH"] += os.pathsep + str(REPO)  # this checkout's weedseg, whatever the venv installed
+    done = subprocess.run([sys.executable, "-m", "weedseg.cli", "dataset", "check", "--dataset", "folder",
+                           "--data-root", str(data)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "images 0082.jpg and copy.jpg are the same photo; their masks agree at" in done.stdout
+    assert "no problems found" in done.stdout and "Traceback" not in done.stderr
 
 
 def test_training_command_without_torch_says_what_to_install(tmp_path):

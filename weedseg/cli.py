@@ -80,7 +80,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                                    "schedule; any flag given overrides it. Progress is saved after each validation "
                                    "and at least every 30 s; after Ctrl-C continue with --resume.")
     p.add_argument("--dataset", choices=DATASETS, help="labelled dataset to use (default peanut)")
-    p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, field_data/, ../shared/field_data/)")
+    p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, then field_data/)")
     p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
                    help="cpu: compact model, about 30 min on 2 cores; paper: ResNet-34 U-Net, 500 epochs (GPU)")
     p.add_argument("--out", help="run folder for checkpoints and logs (default: runs/<dataset>-<budget>)")
@@ -513,7 +513,7 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list(MODELS))
     p.add_argument("--pretrain-images", nargs="+", metavar="FOLDER",
                    help="folders of unlabelled images that pretraining pools with the dataset's train split "
-                        "(e.g. ../shared/field_data/unlabeled); its val and test images are never used")
+                        "(e.g. $WEEDSEG_DATA/unlabeled); its val and test images are never used")
     p.add_argument("--pretrain-epochs", type=int, help="E, epochs per selective step (random: same iterations)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs with all labels (fewer labels: more epochs)")
     p.add_argument("--evals-per-run", type=int, help=f"validation passes per fine-tuning run (default {d.evals_per_run})")
