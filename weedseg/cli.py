@@ -216,7 +216,7 @@ def add_tta_arguments(p: argparse.ArgumentParser, flip_gain: str) -> None:
                                                     f"and its mirror image (twice the compute{flip_gain})")
     p.add_argument("--tta-rotate", action="store_true",
                    help="also average over the quarter turns of both: all 8 symmetries of a square (8 times the "
-                        "compute), for photos taken looking straight down (docs/accuracy.md)")
+                        "compute), for photos taken looking straight down (docs/research/accuracy.md)")
 
 
 def tta_mode(args: argparse.Namespace) -> str | None:
