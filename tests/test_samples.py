@@ -30,6 +30,7 @@ def test_samples_are_a_small_attributed_test_only_folder_dataset():
 @pytest.mark.slow
 def test_demo_scores_the_samples_with_the_shipped_model(tmp_path):
     """`make demo` without the peanut folder: the evaluate step, at full resolution."""
+    pytest.importorskip("torch")  # evaluate is a training-side command
     out = tmp_path / "sample-metrics.json"
     code = main(["evaluate", str(WEIGHTS_DIR / "weedseg-peanut-default.pt"), "--dataset", "folder", "--data-root",
                  str(SAMPLES), "--split", "test", "--full-res", "--out", str(out)])
