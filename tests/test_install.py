@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -106,6 +107,13 @@ assert at.sidebar.selectbox[0].value == "weedseg-peanut-default.onnx", at.sideba
 assert "torch" not in sys.modules
 print(APP_SCRIPT)
 '''
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    """pyproject.toml lists the packages (app/ and models/ are mapped into weedseg): a new one must be added."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "weedseg").rglob("*.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
 
 
 def checkout_copy(tmp_path: Path) -> Path:
