@@ -166,7 +166,9 @@ def test_child_processes_stop_one_past_its_timeout_and_start_none_once_stopped()
     start = time.monotonic()
     assert children.wait(sleeper, timeout=0.3) is None  # stopped by its Ctrl-C, not after the grace
     assert sleeper.returncode is not None and time.monotonic() - start < 3 and children.running == 0
+    other = children.start(["sleep", "30"], stdin=subprocess.DEVNULL)
     children.stop()
+    assert other.returncode is not None and children.running == 0
     assert children.start(["true"]) is None  # a job's next command does not start once the runs are stopped
     children.reset()
     assert children.wait(children.start(["true"])) == 0

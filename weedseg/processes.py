@@ -84,7 +84,7 @@ class ChildProcesses:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self._stop([proc])
-            code = None
+            return None
         with self._lock:
             self._procs.discard(proc)
         return code
@@ -113,6 +113,8 @@ class ChildProcesses:
             for proc in procs:
                 self._send(proc, interrupt=False)
                 proc.wait()
+            with self._lock:
+                self._procs.difference_update(procs)
 
     def _send(self, proc: subprocess.Popen, interrupt: bool) -> None:
         """Ctrl-C (`interrupt`) or a kill to the child, or with own_groups to its whole group."""
