@@ -18,6 +18,7 @@ from weedseg import WeedsegError
 from weedseg.cli import main
 from weedseg.data.check import check_dataset
 from weedseg.data.io import read_label_map
+from weedseg.infer.session import DEFAULT_MODEL
 from weedseg.labels import import_labels
 from weedseg.labels.brush import decode_brush, encode_brush
 from weedseg.labels.prelabels import Predicted, write_prelabels
@@ -234,3 +235,22 @@ def test_missing_photos_are_named_and_ignore_mapping(tmp_path: Path, photos: Pat
     assert check_dataset("folder", out).problems == []
     got = read_label_map(out / "masks" / "p0.png")
     assert got[5, 5] == 1 and got[25, 25] == 255
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the shipped model is not in this checkout")
+def test_predict_prelabels_import_back_identical(tmp_path: Path, photos: Path) -> None:
+    """`weedseg predict --outputs prelabels`, then each prelabel file imported back: the predicted masks exactly."""
+    run = tmp_path / "run"
+    assert main(["predict", str(photos), "--model", str(DEFAULT_MODEL), "--out", str(run), "--outputs",
+                 "mask,prelabels", "--threads", "1"]) == 0
+    predicted = {p.name.removesuffix(".mask.png"): read_label_map(p) for p in run.glob("*.mask.png")}
+    tasks = json.loads((run / "prelabels" / "labelstudio.json").read_text())
+    assert [t["data"]["image"] for t in tasks] == [f"/data/local-files/?d={s}.jpg" for s in sorted(predicted)]
+    for task in tasks:
+        task["annotations"] = task.pop("predictions")
+    (tmp_path / "ls.json").write_text(json.dumps(tasks))
+    for export, fmt in ((run / "prelabels" / "coco.json", "coco"), (tmp_path / "ls.json", "labelstudio")):
+        out = tmp_path / fmt
+        import_labels(export, fmt, out, images=photos, keep_empty=True)
+        got = {p.stem: read_label_map(p) for p in (out / "masks").glob("*.png")}
+        assert got.keys() == predicted.keys() and all((got[k] == m).all() for k, m in predicted.items())

@@ -16,6 +16,7 @@ from .infer.engines import ENGINES
 from .infer.pipeline import OUTPUTS
 from .infer.metadata import MAX_INPUT_SHORT_SIDE
 from .labels import FORMATS as LABEL_FORMATS
+from .labels.prelabels import PRELABELS
 
 # The commands that need PyTorch (`pip install 'weedseg[train]'`) and their one-line help.
 TRAINING_COMMANDS = {
@@ -375,7 +376,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay-format", choices=["jpg", "png"], default="jpg", help="file type of the colour overlays")
     p.add_argument("--outputs", type=output_kinds, default=OUTPUTS, metavar="mask,overlay,grid",
                    help="files to write per image (default: all three); the mask is always written, as it marks an "
-                        "image done, so `--outputs mask` skips the overlay and grid work")
+                        "image done, so `--outputs mask` skips the overlay and grid work; add prelabels for the "
+                        "run's masks as COCO RLE and Label Studio predictions in OUT/prelabels/ (docs/labelling.md)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else the CPU")
@@ -412,6 +414,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .infer.pipeline import PredictOptions, predict_path
     from .infer.session import Segmenter, resolve_model_path
     from .infer.spray import SpraySettings
+    from .labels.prelabels import run_photos, write_prelabels
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False, engine=args.engine,
@@ -432,16 +435,21 @@ def run_predict(args: argparse.Namespace) -> int:
           f"{counts['done before']} already done, {counts['failed']} failed; summary: {Path(args.out) / 'summary.csv'}")
     for row in summary.failed:
         print(f"  failed: {row['image']}: {row['error']}", file=sys.stderr)
+    if PRELABELS in args.outputs:
+        folder = write_prelabels(Path(args.out), run_photos(Path(args.out), summary.rows), seg.info.classes,
+                                 seg.info.colors, seg.path.name)
+        print(f"prelabels for CVAT and Label Studio (COCO RLE, brush predictions): {folder}")
     return 1 if summary.failed else 0
 
 
 def output_kinds(text: str) -> tuple[str, ...]:
     """`--outputs mask,overlay` as a tuple that always holds the mask."""
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = sorted(set(kinds) - set(OUTPUTS))
+    unknown = sorted(set(kinds) - {*OUTPUTS, PRELABELS})
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown output {', '.join(unknown)}; choose from {','.join(OUTPUTS)}")
-    return tuple(k for k in OUTPUTS if k in kinds or k == "mask")
+        raise argparse.ArgumentTypeError(f"unknown output {', '.join(unknown)}; choose from "
+                                         f"{','.join((*OUTPUTS, PRELABELS))}")
+    return tuple(k for k in (*OUTPUTS, PRELABELS) if k in kinds or k == "mask")
 
 
 def comma_fractions(text: str) -> tuple[float, ...]:

@@ -23,10 +23,11 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from ..infer.metadata import background_class
+from ..infer.outputs import read_mask
 from .brush import encode_brush
 from .coco import coco_mask, require_pycocotools
 
-FOLDER = "prelabels"
+FOLDER = PRELABELS = "prelabels"  # the folder, and the `--outputs` kind that writes it
 LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL of a file under its local-files document root
 
 
@@ -113,3 +114,11 @@ def write_prelabels(out: Path, photos: Iterable[Predicted], classes: list[str], 
         ls_part.unlink(missing_ok=True)
     (folder / "labelstudio-config.xml").write_text(labelstudio_config(classes, colors))
     return folder
+
+
+def run_photos(out: Path, rows: list[dict]) -> Iterable[Predicted]:
+    """The photos of a `weedseg predict` run that have a mask (summary rows: image, mask below `out`), read one
+    at a time."""
+    for row in rows:
+        if row.get("status") != "failed" and row.get("mask"):
+            yield Predicted(row["image"], read_mask(Path(out) / row["mask"]))
