@@ -21,7 +21,7 @@ except ImportError:  # the [labels] extra; the command says what to install
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BYTES = 2 << 30  # an export this large would not fit in memory as Python objects
+MAX_JSON_BYTES = 1 << 30  # parsed, an export this large would take many times its size in memory
 
 
 def require_pycocotools() -> None:
