@@ -88,8 +88,7 @@ class Classes:
         targets = [mapping[label] for label in labels]
         named_background = next((t for t in targets if t.lower() in BACKGROUND_NAMES), None)
         self.background = named_background or background
-        self.names = [self.background] + [t for i, t in enumerate(dict.fromkeys(targets))
-                                          if t != IGNORE and t != self.background]
+        self.names = [self.background] + [t for t in dict.fromkeys(targets) if t not in (IGNORE, self.background)]
         if len(self.names) > MAX_CLASSES:
             raise WeedsegError(f"the export has {len(self.names)} classes; weedseg supports at most {MAX_CLASSES}")
         self.mapping = mapping
