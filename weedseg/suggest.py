@@ -23,7 +23,7 @@ from . import WeedsegError
 from .data.io import find_images, read_rgb
 from .data.transforms import resize_short_side
 from .infer.image import csv_bytes
-from .infer.outputs import atomic_write
+from .infer.atomic import atomic_write
 from .infer.pipeline import PredictOptions
 from .infer.session import Segmenter
 from .infer.tiling import check_model_pixels, predict_logits

@@ -25,7 +25,8 @@ from ..data.io import IMAGE_SUFFIXES, open_checked
 from ..data.layouts import IGNORE_INDEX, MAX_CLASSES
 from ..data.splits import few
 from ..infer.metadata import BACKGROUND_NAMES
-from ..infer.outputs import atomic_write, encode_image
+from ..infer.atomic import atomic_write
+from ..infer.pictures import encode_mask
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def write_dataset(items: Iterable[Item], classes: Classes, finder: PhotoFinder, 
             stems[stem.lower()] = photo
             suffixes.add(photo.suffix.lower())
             shutil.copyfile(photo, part / "images" / photo.name)
-            atomic_write(part / "masks" / f"{stem}.png", encode_image(mask, ".png"))
+            atomic_write(part / "masks" / f"{stem}.png", encode_mask(mask))
         if len(suffixes) > 1:
             raise WeedsegError(f"the photos have several file types ({', '.join(sorted(suffixes))}); a weedseg folder "
                                "dataset holds one: convert them to one type and label those")

@@ -23,7 +23,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from ..infer.metadata import background_class
-from ..infer.outputs import read_mask
+from ..infer.pictures import read_mask
 from .brush import encode_brush
 from .coco import coco_mask, require_pycocotools
 
