@@ -59,6 +59,10 @@ def imported(out: Path) -> dict[str, np.ndarray]:
     report = check_dataset("folder", out)
     assert report.problems == []
     assert "soil = 0, crop = 1, weed = 2" in report.summary[1]
+    return imported_masks(out)
+
+
+def imported_masks(out: Path) -> dict[str, np.ndarray]:
     return {p.stem: read_label_map(p) for p in sorted((out / "masks").glob("*.png"))}
 
 
@@ -200,8 +204,10 @@ def test_cvat_mask_export_with_class_map(tmp_path: Path, photos: Path) -> None:
     got = imported(out)
     assert all((got[k] == m).all() for k, m in masks().items())
     plain = tmp_path / "plain"
-    import_labels(export, "cvat-mask", plain)  # names kept as CVAT spells them
+    archive = shutil.make_archive(str(tmp_path / "cvat-export"), "zip", export)  # as CVAT downloads it
+    import_labels(archive, "cvat-mask", plain)  # names kept as CVAT spells them
     assert "background = 0" in (plain / "dataset.toml").read_text()
+    assert all((got[k] == m).all() for k, m in imported_masks(plain).items())
 
 
 def test_bad_exports_are_clear_errors(tmp_path: Path, photos: Path) -> None:
@@ -221,6 +227,8 @@ def test_bad_exports_are_clear_errors(tmp_path: Path, photos: Path) -> None:
         import_labels(path, "coco", tmp_path / "d", images=photos)
     for leftover in "abcd":
         assert not (tmp_path / leftover).exists()  # nothing half made
+    assert main(["dataset", "import", str(path), "--format", "coco", "--images", str(photos), "--out",
+                 str(tmp_path / "e")]) == 2  # one line, no traceback
 
 
 def test_missing_photos_are_named_and_ignore_mapping(tmp_path: Path, photos: Path, caplog) -> None:

@@ -26,7 +26,7 @@ def import_labels(export: str | Path, fmt: str, out: str | Path, images: str | P
         raise WeedsegError(f"export not found: {export}")
     if export.suffix.lower() == ".zip":
         with tempfile.TemporaryDirectory(prefix="weedseg-import-") as tmp:
-            return import_labels(unzip(export, Path(tmp)), fmt, out, images or export.parent, class_map,
+            return import_labels(unzip(export, Path(tmp)), fmt, out, images, class_map,
                                  background, keep_empty)
     mapping = parse_class_map(class_map)
     images = Path(images) if images else None
