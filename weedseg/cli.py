@@ -645,8 +645,9 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
                                    "where the model is least sure (mean per-pixel softmax margin at its input "
                                    "scale), spread out so the list holds no near-copies (greedy k-center over a "
                                    "thumbnail and the pooled class probabilities). Writes OUT (one path per line, "
-                                   "for the labelling tool) and OUT with .csv (every photo's scores). "
-                                   "See docs/labelling.md.")
+                                   "for the labelling tool) and OUT with .csv (every photo's scores). It is advice: "
+                                   "on peanut, photos it chose did not train a better model than random ones "
+                                   "(docs/labelling.md).")
     p.add_argument("photos", help="a folder of unlabelled photos (searched recursively)")
     p.add_argument("--model", help="an ONNX file from `weedseg export` (default: the shipped weedseg-peanut-default.onnx)")
     p.add_argument("-n", type=int_in(1), default=30, help="how many photos to list (default 30)")
