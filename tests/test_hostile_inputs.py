@@ -311,6 +311,8 @@ def test_overwrite_leaves_only_this_runs_outputs(model, tmp_path):
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "first"), "--model", str(model), "--out", str(out)]) == 0
     (out / "notes.txt").write_text("the user's own")
+    (out / "prelabels").mkdir()
+    (out / "prelabels" / "coco.json").write_text("{}")  # as `--outputs prelabels` writes them
     assert main(["predict", str(tmp_path / "other"), "--model", str(model), "--out", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "notes.txt", "spray_summary.json", "summary.csv", "weedseg-run.json", "z.grid.csv", "z.mask.png",

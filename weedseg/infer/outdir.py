@@ -28,8 +28,9 @@ LOCK = ".weedseg-predict.lock"
 JOURNAL = ".weedseg-journal.jsonl"  # one JSON line per image finished, appended as it finishes
 MIN_FREE_BYTES = 100_000_000
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # no image can be written
-RUN_TABLES = ("summary.csv", "spray_summary.json", "spray_map.geojson")
-RUN_FILES = (*RUN_TABLES, RUN_MANIFEST, JOURNAL, LOCK)  # in --out itself
+RUN_TABLES = ("summary.csv", "spray_summary.json", "spray_map.geojson")  # in --out itself
+RUN_FILES = (*RUN_TABLES, RUN_MANIFEST, JOURNAL, LOCK)
+PRELABELS = ("prelabels/coco.json", "prelabels/labelstudio.json")  # weedseg.labels.prelabels, `--outputs prelabels`
 IMAGE_OUTPUTS = (".mask.png", ".mask.tif", ".overlay.jpg", ".overlay.png", ".grid.csv", ".spray.geojson")
 
 log = logging.getLogger(__name__)
@@ -95,18 +96,25 @@ def named_as_run_files(images: list[Path], root: Path) -> tuple[list[Path], list
 
 def remove_earlier_outputs(out: Path, keep: Path) -> int:
     """For --overwrite: remove the outputs of earlier runs from `out` (files named as predict names them:
-    IMAGE_OUTPUTS anywhere below it, RUN_TABLES in it), except below `keep` (the input folder, where it is
-    inside `out`) and below folders holding their own RUN_MANIFEST; returns how many were removed. Without
+    IMAGE_OUTPUTS anywhere below it, RUN_TABLES and PRELABELS in it), except below `keep` (the input folder, where
+    it is inside `out`) and below folders holding their own RUN_MANIFEST; returns how many were removed. Without
     this, the new outputs stood beside stale ones of another input folder that summary.csv no longer listed."""
-    removed, folders = 0, []
-    for folder, dirs, names in os.walk(out):
-        here = Path(folder)
-        dirs[:] = [d for d in dirs if not (here / d / RUN_MANIFEST).is_file() and (here / d).resolve() != keep]
-        folders += [here / d for d in dirs]
-        for name in names:
-            if name.casefold().endswith(IMAGE_OUTPUTS) or (here == out and name in RUN_TABLES):
-                (here / name).unlink(missing_ok=True)
-                removed += 1
+    run_level = {out / name for name in (*RUN_TABLES, *PRELABELS)}
+    kept = keep.stat() if keep.is_dir() else None
+    removed, todo, folders = 0, [out], []
+    while todo:  # no recursion (os.walk's): output trees can be deeper than Python's recursion limit
+        folder = todo.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    if not (path / RUN_MANIFEST).is_file() and not (kept and os.path.samestat(st, kept)):
+                        todo.append(path)
+                        folders.append(path)
+                elif entry.name.casefold().endswith(IMAGE_OUTPUTS) or path in run_level:
+                    path.unlink(missing_ok=True)
+                    removed += 1
     for folder in reversed(folders):  # the folders this emptied, deepest first
         with contextlib.suppress(OSError):  # not empty: it holds files that are not outputs
             folder.rmdir()
