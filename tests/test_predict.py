@@ -24,9 +24,9 @@ from weedseg.cli import main
 from weedseg.data.io import read_rgb
 from weedseg.export import export_onnx
 from weedseg.infer import session
-from weedseg.infer.geo import GroundOptions, describe_ground
+from weedseg.infer.geo import GroundOptions, describe_ground, read_geo_tags
 from weedseg.infer.metadata import ModelInfo
-from weedseg.infer.outputs import read_geo_tags, read_mask
+from weedseg.infer.outputs import read_mask
 from weedseg.infer.pipeline import Job, PredictOptions, Predictor, predict_path
 from weedseg.infer.session import Segmenter
 from weedseg.infer.tiling import predict_logits, predict_tiled, upsample_argmax

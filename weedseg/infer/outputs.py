@@ -14,14 +14,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, TiffImagePlugin
+from PIL import Image
 
 from .. import WeedsegError
 from .metadata import background_class
 
-# GeoTIFF tags: pixel scale, tie points, transformation, GeoKey directory, double and ASCII params
-GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
-GeoTags = dict[int, tuple[object, int]]  # tag -> (value, TIFF type)
 STRIP_PIXELS = 1 << 20  # pixels per strip of rows in full-size work
 
 
@@ -45,35 +42,6 @@ def encode_image(array: np.ndarray, suffix: str) -> bytes:
     if not ok:
         raise WeedsegError(f"could not encode a {array.shape[1]}x{array.shape[0]} image as {suffix}")
     return buf.tobytes()
-
-
-def read_geo_tags(path: Path) -> GeoTags | None:
-    """The georeferencing tags of a GeoTIFF, or None for any other image."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return None
-    try:
-        with Image.open(path) as im:
-            return geo_tags(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None  # reading the pixels reports the problem
-
-
-def geo_tags(im: Image.Image) -> GeoTags | None:
-    """The georeferencing tags of an opened image, or None unless it is a GeoTIFF."""
-    tags = getattr(im, "tag_v2", {})
-    geo = {t: (tags[t], tags.tagtype[t]) for t in GEO_TAGS if t in tags}
-    return geo if (33922 in geo or 34264 in geo) else None
-
-
-def geotiff_bytes(mask: np.ndarray, geo: GeoTags) -> bytes:
-    """A deflate-compressed single-band TIFF of `mask` carrying the input's georeferencing tags."""
-    ifd = TiffImagePlugin.ImageFileDirectory_v2()
-    for tag, (value, kind) in geo.items():
-        ifd[tag] = value
-        ifd.tagtype[tag] = kind
-    buf = io.BytesIO()
-    Image.fromarray(mask).save(buf, format="TIFF", tiffinfo=ifd, compression="tiff_adobe_deflate")
-    return buf.getvalue()
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -26,7 +26,8 @@ from ..data.io import DECODE_PIXEL_BYTES, image_size, open_checked, rgb_pixels, 
 from ..data.transforms import resize_short_side
 from . import outputs
 from .budget import MemoryBudget, return_freed_memory
-from .geo import Ground, GroundOptions, check_resolution, describe_ground, ground_of
+from .geo import (GeoTags, Ground, GroundOptions, check_resolution, describe_ground, geo_tags, geotiff_bytes, ground_of,
+                  read_geo_tags)
 from .outdir import DISK_ERRNOS, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
 from .spray import SpraySettings, summarize_mask, write_run_outputs, write_spray_map
@@ -102,7 +103,7 @@ class Prepared:
     job: Job
     rgb: np.ndarray
     x: np.ndarray  # normalised (3, h, w) at the model's resolution
-    geo: outputs.GeoTags | None
+    geo: GeoTags | None
     ground: Ground
 
 
@@ -131,7 +132,7 @@ def plan_jobs(images: list[Path], root: Path, out: Path, overlay_format: str) ->
     for i, (path, rel) in enumerate(zip(images, rels)):
         stem = rel.with_suffix("")
         base = out / (rel if stems[stem] > 1 or stem in names else stem)
-        geo_ext = ".tif" if rel.suffix.lower() in (".tif", ".tiff") and outputs.read_geo_tags(path) else ".png"
+        geo_ext = ".tif" if rel.suffix.lower() in (".tif", ".tiff") and read_geo_tags(path) else ".png"
         jobs.append(Job(i, path, rel.as_posix(), base.with_name(base.name + ".mask" + geo_ext),
                         base.with_name(f"{base.name}.overlay.{overlay_format}"), base.with_name(base.name + ".grid.csv")))
     return jobs
@@ -180,7 +181,7 @@ class Predictor:
         """Decode an image and make its model input; the file is opened once, its header giving the GeoTIFF tags
         and ground units too."""
         with open_checked(job.path) as im:
-            geo = outputs.geo_tags(im) if job.mask.suffix == ".tif" else None
+            geo = geo_tags(im) if job.mask.suffix == ".tif" else None
             ground = ground_of(im, self.opt.ground)
             rgb = rgb_pixels(im)
         small = resize_short_side(rgb, self.short_side)
@@ -196,7 +197,7 @@ class Predictor:
         row = self.decide(job, mask, item.ground)
         if "overlay" in self.opt.outputs:
             self.write_overlay(job, item.rgb, mask)
-        data = outputs.geotiff_bytes(mask, item.geo) if item.geo else outputs.encode_image(mask, ".png")
+        data = geotiff_bytes(mask, item.geo) if item.geo else outputs.encode_image(mask, ".png")
         outputs.atomic_write(job.mask, data)  # last: its presence marks the image done
         return {**row, "status": "predicted"}
 
