@@ -1,76 +1,17 @@
-"""What `weedseg predict` writes per image (mask, overlay, weed grid) and per run (summary CSV).
-
-Every file is written to a temporary name in the same folder and renamed into place, so an
-interrupted run never leaves a half-written file under a final name.
-"""
+"""The tables `weedseg predict` writes: the weed grid of each image (grid.csv) and the run's summary.csv."""
 
 from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-from PIL import Image
 
-from .. import WeedsegError
+from .atomic import atomic_write
 from .metadata import background_class
-
-STRIP_PIXELS = 1 << 20  # pixels per strip of rows in full-size work
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def encode_image(array: np.ndarray, suffix: str) -> bytes:
-    """PNG or JPEG bytes of an RGB (HxWx3) or grey (HxW) uint8 array."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if suffix in (".jpg", ".jpeg") else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    ok, buf = cv2.imencode(suffix, array, params)
-    if not ok:
-        raise WeedsegError(f"could not encode a {array.shape[1]}x{array.shape[0]} image as {suffix}")
-    return buf.tobytes()
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A class-index mask written by `weedseg predict` (PNG or GeoTIFF)."""
-    with Image.open(path) as im:
-        return np.asarray(im)
-
-
-def strips(height: int, width: int, pixels: int = STRIP_PIXELS) -> list[slice]:
-    """Row ranges of about `pixels` pixels each covering an image, for work whose temporaries must stay small."""
-    step = max(1, pixels // max(1, width))
-    return [slice(y, y + step) for y in range(0, height, step)]
-
-
-def overlay(rgb: np.ndarray, mask: np.ndarray, colors: list[list[int]], alpha: float = 0.45, *,
-            background: int | None) -> np.ndarray:
-    """The photo with every class but `background` tinted in its colour (made in strips of rows, so only the result
-    is held at full size). `background` is `ModelInfo.background`, the class named soil, background or ground
-    wherever the model lists it; None tints every class."""
-    lut = np.zeros((256, 1, 3), np.uint8)
-    lut[: len(colors), 0] = colors
-    out = np.empty_like(rgb)
-    for rows in strips(*mask.shape):
-        m, photo = mask[rows], rgb[rows]
-        tinted = cv2.addWeighted(photo, 1 - alpha, cv2.LUT(cv2.merge([m, m, m]), lut), alpha, 0)
-        if background is not None:
-            cv2.copyTo(photo, (m == background).view(np.uint8), tinted)  # the background keeps the photo's pixels
-        out[rows] = tinted
-    return out
+from .pictures import strips
 
 
 def class_counts(mask: np.ndarray, classes: int) -> np.ndarray:
@@ -140,21 +81,21 @@ def area_classes(classes: list[str]) -> list[str]:
     return [c for i, c in enumerate(classes) if i != background]
 
 
-def summary_columns(classes: list[str]) -> list[str]:
-    """Columns of summary.csv."""
+def summary_columns(classes: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+    """Columns of summary.csv; `extra` (fields a pipeline hook adds, see pipeline.Predictor) go before the mask."""
     weed = ["weed_pixels", "weed_cells", "max_cell_weed_pct"] if "weed" in classes else []
     if weed:  # ground units and spray decisions (weedseg.infer.spray)
         areas = [f"{c}_{unit}" for c in area_classes(classes) for unit in ("m2", "m2_per_ha")]
         weed += ["gsd_cm", "gsd_source", "area_m2", *areas, "cell_px", "cell_m", "cells", "spray_cells",
                  "sprayed_px", "sprayed_m2", "sprayed_pct", "herbicide_saving_pct_est"]
-    return ["image", "status", "width", "height", *(f"{c}_pct" for c in classes), *weed, "mask",
+    return ["image", "status", "width", "height", *(f"{c}_pct" for c in classes), *weed, *extra, "mask",
             *(["spray_map"] if weed else []), "error"]
 
 
-def write_summary(path: Path, rows: list[dict], classes: list[str]) -> None:
+def write_summary(path: Path, rows: list[dict], classes: list[str], extra: tuple[str, ...] = ()) -> None:
     """Write summary.csv (one row per input image, in input order) atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, summary_columns(classes), lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(buf, summary_columns(classes, extra), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, buf.getvalue().encode())
