@@ -3,14 +3,22 @@ nodata, bands, 16-bit, unreadable windows and the COG written."""
 
 from __future__ import annotations
 
+import csv
+import json
+import logging
+
 import numpy as np
+import pyogrio
+import pyproj
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 
 from weedseg import WeedsegError
+from weedseg.cli import main
 from weedseg.data.io import read_rgb
-from weedseg.infer import ortho
+from weedseg.infer import ortho, pipeline
 from weedseg.infer.geo import GroundOptions
 from weedseg.infer.ortho import NODATA, OrthoOptions, segment_ortho
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter
@@ -114,3 +122,61 @@ def test_model_scale_from_the_photo_ratio(seg, field, tmp_path):
     assert info["scale"] == pytest.approx(480 / 720) and "photo-to-input" in info["scale_source"]
     with rasterio.open(mask) as ds:
         assert ds.shape == field.shape[:2] and (ds.read(1) < 3).all()
+
+
+def test_predict_a_folder_with_an_ortho_over_the_photo_limit(field, tmp_path, monkeypatch):
+    monkeypatch.setattr(ortho, "MAX_IMAGE_PIXELS", 200_000)  # the 700 x 450 field is over it, as a real ortho
+    monkeypatch.setattr(pipeline, "MAX_IMAGE_PIXELS", 200_000)
+    flight = tmp_path / "ortho"
+    flight.mkdir()
+    write_raster(flight / "field.tif", field)
+    out = tmp_path / "out"
+    args = ["predict", str(flight), "--out", str(out), "--cell-m", "0.5", "--tile", "256", "--overlap", "64"]
+    assert main(args) == 0
+    row = next(csv.DictReader((out / "summary.csv").open()))
+    assert (row["status"], row["mask"], row["gsd_source"], row["cell_px"]) == ("predicted", "field.mask.tif", "geotiff",
+                                                                              "50")
+    assert float(row["area_m2"]) == pytest.approx(700 * 450 * GSD ** 2)
+    with rasterio.open(out / "field.mask.tif") as ds:
+        mask = ds.read(1)
+        assert ds.crs.to_epsg() == 32633 and ds.transform == TRANSFORM
+    assert int(row["weed_pixels"]) == (mask == 2).sum()
+    with rasterio.open(out / "field.overlay.tif") as ds:
+        assert ds.count == 3 and ds.overviews(1) is not None
+    field_json = json.loads((out / "field.field.json").read_text())
+    assert field_json["scale"] == pytest.approx(480 / 720) and field_json["spray_cells"] == int(row["spray_cells"])
+
+    # the spray map: RFC 7946 zones whose area is the sprayed cells'; a known sprayed cell lies inside them
+    doc = json.loads((out / "field.spray.geojson").read_text())
+    assert "crs" not in doc and doc["features"]
+    to_utm = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
+    zones = [shapely.transform(shapely.geometry.shape(f["geometry"]), lambda xy: np.column_stack(
+        to_utm.transform(xy[:, 0], xy[:, 1]))) for f in doc["features"]]
+    assert all(z.is_valid for z in zones)
+    grid = list(csv.DictReader((out / "field.grid.csv").open()))
+    sprayed = [g for g in grid if g["spray"] == "1"]
+    assert len(sprayed) == int(row["spray_cells"])
+    g = sprayed[0]
+    centre = shapely.Point(E0 + (int(g["x0"]) + 25) * GSD, N0 - (int(g["y0"]) + 25) * GSD)
+    assert any(z.contains(centre) for z in zones)
+    assert sum(z.area for z in zones) == pytest.approx(float(row["sprayed_m2"]), rel=1e-3)
+    for suffix in (".gpkg", ".shp"):
+        _, _, geometry, fields = pyogrio.raw.read(out / f"field.spray{suffix}")
+        assert pyproj.CRS(pyogrio.read_info(out / f"field.spray{suffix}")["crs"]).to_epsg() == 32633
+        polygons = [shapely.from_wkb(b) for b in geometry]
+        assert all(p.is_valid for p in polygons)
+        assert sum(p.area for p in polygons) == pytest.approx(700 * 450 * GSD ** 2)
+        assert any(p.contains(centre) and s == 1 for p, s in zip(polygons, fields[0]))
+
+    # a new threshold on the same outputs: made again from the mask, not segmented
+    assert main([*args, "--spray-threshold", "50"]) == 0
+    again = next(csv.DictReader((out / "summary.csv").open()))
+    assert again["status"] == "done before" and int(again["spray_cells"]) <= int(row["spray_cells"])
+
+
+def test_without_a_georeference_outputs_are_in_pixels(seg, field, tmp_path, caplog):
+    path = tmp_path / "plain.tif"
+    write_raster(path, field, crs=None, transform=Affine.identity())
+    with caplog.at_level(logging.WARNING):
+        mask, ds, info = run(seg, path, tmp_path)
+    assert info["ground"].georef is None and "no georeference" in caplog.text and mask.shape == field.shape[:2]

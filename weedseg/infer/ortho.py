@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .. import WeedsegError
 from ..data.io import MAX_IMAGE_PIXELS
-from .geo import GEO_INSTALL, HAVE_GEO, GeoRef, Ground, GroundOptions, georef_of, georeferenced_ground, require_geo
+from .geo import HAVE_GEO, GeoRef, Ground, GroundOptions, georef_of, georeferenced_ground, require_geo
 from .session import Segmenter
 from .tiling import blend_window, run_padded, tile_starts
 
@@ -89,10 +89,10 @@ def raster_pixels(path: Path) -> int:
         return 0
 
 
-def is_ortho(path: Path, options: OrthoOptions, max_pixels: int = MAX_IMAGE_PIXELS) -> bool:
+def is_ortho(path: Path, options: OrthoOptions) -> bool:
     """Whether `path` goes through the streamed path: a TIFF over the photo pipeline's pixel limit, or any
-    GeoTIFF with `options.stream`."""
-    return path.suffix.lower() in ORTHO_SUFFIXES and (options.stream or raster_pixels(path) > max_pixels)
+    with `options.stream`."""
+    return path.suffix.lower() in ORTHO_SUFFIXES and (options.stream or raster_pixels(path) > MAX_IMAGE_PIXELS)
 
 
 @contextlib.contextmanager
@@ -461,6 +461,12 @@ def raster_ground(ds: rasterio.io.DatasetReader, name: str, options: GroundOptio
     return georeferenced_ground(georef, ds.width, ds.height)
 
 
+def describe_raster(path: Path, options: GroundOptions) -> Ground:
+    """The ground units of a raster, from its georeference (header only)."""
+    with quiet(), rasterio.open(path) as ds:
+        return raster_ground(ds, path.name, options)
+
+
 def run_rows(runner: OrthoSegmenter, journal: Journal, work: Path, progress: bool) -> None:
     """Predict the rows of windows not yet done. After each: its finished raster rows in whole GeoTIFF blocks go into
     the partial mask (the rest wait in pending-R.npy), the sums carried down are saved (carry-R-K.npy), then the
@@ -492,7 +498,3 @@ def run_rows(runner: OrthoSegmenter, journal: Journal, work: Path, progress: boo
         bar.update(round(lay.width * (r1 - r0) / 1e6, 1))
     bar.close()
 
-
-def ortho_geo_message() -> str:
-    """What an orthomosaic needs when the [geo] extra is missing."""
-    return f"orthomosaics over {MAX_IMAGE_PIXELS / 1e6:g} megapixels are streamed with the geo extra: {GEO_INSTALL}"

@@ -39,13 +39,15 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import WeedsegError
-from ..data.io import DECODE_PIXEL_BYTES, image_size, open_checked, rgb_pixels, scan_images
+from ..data.io import DECODE_PIXEL_BYTES, MAX_IMAGE_PIXELS, image_size, open_checked, rgb_pixels, scan_images
 from ..data.transforms import resize_short_side
 from . import atomic, pictures, tables
 from .budget import MemoryBudget, return_freed_memory
+from .field_map import OrthoRoute
 from .geo import (GeoTags, Ground, GroundOptions, check_resolution, describe_ground, geo_tags, geotiff_bytes, ground_of,
                   read_geo_tags)
 from .metadata import ModelInfo
+from .ortho import OrthoOptions, raster_pixels
 from .outdir import DISK_ERRNOS, RunJournal, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
 from .spray import SprayPlan, SpraySettings, summarize_mask, write_run_outputs, write_spray_map
@@ -158,6 +160,7 @@ class PredictOptions:
     ground: GroundOptions = field(default_factory=GroundOptions)
     spray: SpraySettings = field(default_factory=SpraySettings)
     outputs: tuple[str, ...] = OUTPUTS  # the mask is always written: it marks an image done
+    ortho: OrthoOptions = field(default_factory=OrthoOptions)
 
     def row_settings(self) -> dict:
         """The settings a summary row depends on beyond the run record's (a journal row made with others is
@@ -212,7 +215,8 @@ def plan_jobs(images: list[Path], root: Path, out: Path, overlay_format: str) ->
         if clashes[fold(base)] > 1:
             base = base.with_name(f"{base.name}-{hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]}")
         base = out / base
-        geo_ext = ".tif" if rel.suffix.lower() in (".tif", ".tiff") and read_geo_tags(path) else ".png"
+        tiff = rel.suffix.lower() in (".tif", ".tiff")
+        geo_ext = ".tif" if tiff and (read_geo_tags(path) or raster_pixels(path) > MAX_IMAGE_PIXELS) else ".png"
         jobs.append(Job(i, path, rel.as_posix(), base.with_name(base.name + ".mask" + geo_ext),
                         base.with_name(f"{base.name}.overlay.{overlay_format}"), base.with_name(base.name + ".grid.csv")))
     return jobs
@@ -285,7 +289,7 @@ class Predictor:
             log.warning("the model's classes (%s) name no soil, background or ground class: overlays tint every "
                         "class and every class gets an area", ", ".join(seg.info.classes))
         self.settings = options.row_settings()
-        self.routes: list[Route] = []
+        self.routes: list[Route] = [OrthoRoute(seg, options)]
         self.model_fields: list[ModelFields] = []
         self.extra_columns: tuple[str, ...] = ()  # summary.csv columns the hooks above add
         self.told: set[object] = set()  # ground sources and resolution warnings already logged (see first_time)
@@ -456,14 +460,14 @@ class Run:
         p, routed = self.p, []
         kinds = [k for k in p.opt.outputs if k in IMAGE_OUTPUTS]
         for job in jobs:
+            handler = p.route(job)  # a routed file decides itself what is left to do
+            if handler is not None:
+                routed.append((job, handler))
+                continue
             entry = None if p.opt.overwrite or self.journal is None else \
                 self.journal.finished(job.name, job.path, job.mask)
             if entry is None:
-                handler = p.route(job)
-                if handler is not None:
-                    routed.append((job, handler))
-                else:
-                    self.pending.append(job)
+                self.pending.append(job)
                 continue
             fields = entry["row"]
             same = entry.get("settings") == p.settings

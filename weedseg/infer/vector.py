@@ -80,13 +80,14 @@ def patch_features(weed: np.ndarray, georef: GeoRef | None) -> list[tuple[dict, 
     return [(geojson_geometry(to_map(p, georef), georef), round(p.area)) for p in patch_polygons(weed, None)]
 
 
-def prescription_zones(spray: np.ndarray, cell_px: int, width: int, height: int, georef: GeoRef,
-                       pixel_m2: float | None) -> list[tuple[Polygon, dict]]:
-    """Spray and no-spray zones of a grid of spray decisions (rows x cols, 0/1): the cells of each decision merged
-    where they touch, cut to the raster, in map coordinates, with `spray` (0/1) and their area (m² with a GSD)."""
+def prescription_zones(spray: np.ndarray, cell_px: int, width: int, height: int, georef: GeoRef | None,
+                       pixel_m2: float | None, inside: np.ndarray | None = None) -> list[tuple[Polygon, dict]]:
+    """Spray and no-spray zones of a grid of spray decisions (rows x cols, 0/1; only the cells `inside` the field
+    when given): the cells of each decision merged where they touch, cut to the raster, in map coordinates (pixels
+    without a georeference), with `spray` (0/1) and their area (m² with a GSD, else pixels)."""
     footprint = shapely.box(0, 0, width, height)
     zones = []
-    for polygon, value in region_polygons(spray.astype(np.uint8), None, cell_px):
+    for polygon, value in region_polygons(spray.astype(np.uint8), None, cell_px, inside):
         polygon = polygon.intersection(footprint)
         if polygon.is_empty:
             continue
