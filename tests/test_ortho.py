@@ -180,3 +180,27 @@ def test_without_a_georeference_outputs_are_in_pixels(seg, field, tmp_path, capl
     with caplog.at_level(logging.WARNING):
         mask, ds, info = run(seg, path, tmp_path)
     assert info["ground"].georef is None and "no georeference" in caplog.text and mask.shape == field.shape[:2]
+
+
+def test_an_unreadable_window_is_reported_and_the_rest_finished(seg, field, tmp_path, monkeypatch, caplog):
+    from PIL import Image
+
+    monkeypatch.setattr(ortho, "WINDOW_MODEL_PX", 200)
+    path = write_raster(tmp_path / "field.tif", field)
+    with Image.open(path) as im:
+        offset, size = im.tag_v2[324][7], im.tag_v2[325][7]  # the 8th 128-pixel tile: row 1, column 2
+    with open(path, "r+b") as f:
+        f.seek(offset + size // 4)
+        f.write(b"\xff" * (size // 2))
+    with caplog.at_level(logging.WARNING):
+        mask, _, info = run(seg, path, tmp_path)
+    assert len(info["bad_windows"]) >= 1 and "cannot be read" in caplog.text
+    assert (mask == NODATA).any() and (mask[300:] < 3).all()  # the rows below the broken tile were segmented
+
+
+def test_without_the_geo_extra_an_ortho_says_what_to_install(monkeypatch, tmp_path):
+    from weedseg.infer import geo
+
+    monkeypatch.setattr(geo, "HAVE_GEO", False)
+    with pytest.raises(WeedsegError, match=r'pip install "weedseg\[geo\]"'):
+        geo.require_geo("field.tif is an orthomosaic: streaming it")
