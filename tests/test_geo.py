@@ -93,3 +93,16 @@ def test_prescription_maps_read_back_in_the_raster_crs(tmp_path):
         assert spray_zone.contains(shapely.Point(E0 + 1 + SCALE / 2, N0 - SCALE / 2))
         assert not spray_zone.contains(shapely.Point(E0 + 1 - SCALE / 2, N0 - SCALE / 2))
     assert len(shapefile_zip(paths[1])) > 100
+
+
+def test_the_page_prescription_download_is_a_zipped_shapefile(tmp_path):
+    import io
+    import zipfile
+
+    ground = describe_ground(write_geotiff(tmp_path / "ortho.tif", RGB, geokeys((1024, 1), (3072, 32633))),
+                             GroundOptions())
+    plan = plan_spray(hand_mask(), CLASSES, ground, SpraySettings(cell_m=1.0), 256)
+    archive = zipfile.ZipFile(io.BytesIO(spray.shapefile_zip_bytes(plan, "ortho")))
+    assert {".shp", ".shx", ".dbf", ".prj"} <= {n[n.rindex("."):] for n in archive.namelist()}
+    archive.extractall(tmp_path / "zip")
+    assert pyogrio.read_info(tmp_path / "zip" / "ortho.spray.shp")["features"] >= 2  # spray and no-spray zones

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,13 @@ def spray_grid(plan: SprayPlan) -> np.ndarray:
     for c, sprayed in zip(plan.cells, plan.spray):
         grid[c.row, c.col] = sprayed
     return grid
+
+
+def shapefile_zip_bytes(plan: SprayPlan, stem: str) -> bytes:
+    """The plan's prescription map as a zipped Shapefile STEM.spray.* (the page's download)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        [shp] = write_prescription_maps(Path(tmp) / f"{stem}.spray", plan, (".shp",))
+        return vector.shapefile_zip(shp)
 
 
 def write_prescription_maps(base: Path, plan: SprayPlan, suffixes: tuple[str, ...] = (".gpkg", ".shp")) -> list[Path]:
