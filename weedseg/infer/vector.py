@@ -8,6 +8,7 @@ raster's own CRS, where sprayer terminals and farm-management systems expect the
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,6 +29,7 @@ try:  # the [geo] extra
 except ImportError:
     pass
 
+logging.getLogger("pyogrio").setLevel(logging.WARNING)  # it logs "Created N records" for every file written
 LONLAT_DIGITS = 8  # about 1 mm: finer than any drone pixel
 PRESCRIPTION_DRIVERS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
