@@ -6,7 +6,7 @@ pixels; a few seconds per gigapixel), then runs, one at a time, each under /usr/
   * `weedseg predict ORTHO` for each size asked for.
 Prints and writes (--json) peak RSS and megapixels per second of input for each, with the CPU, date and uptime.
 
-    taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ortho.py --gigapixels 1 4 --json docs/results/ortho.json
+    taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ortho.py --gigapixels 1 --sizes 63246x3000
 """
 
 from __future__ import annotations
@@ -67,7 +67,10 @@ def timed(cmd: list[str], env: dict, limit_s: float = 0) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gigapixels", type=float, nargs="+", default=[1.0, 4.0], help="ortho sizes (square)")
+    ap.add_argument("--gigapixels", type=float, nargs="*", default=[1.0, 4.0], help="ortho sizes (square)")
+    ap.add_argument("--sizes", nargs="*", default=[], metavar="WxH",
+                    help="also orthos of these sizes, e.g. 63246x3000: a strip as wide as a 4-gigapixel square, whose "
+                         "windows hold as much memory as the square's")
     ap.add_argument("--photos", type=int, default=60, help="peanut photos for the photo pipeline's rate")
     ap.add_argument("--work", type=Path, help="folder for the rasters and outputs (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -93,20 +96,22 @@ def main() -> None:
         mp = args.photos * 960 * 720 / 1e6
         results["photos"] = {"megapixels": round(mp, 1), **run, "mp_per_s": round(mp / run["seconds"], 3)}
         print(json.dumps(results["photos"]), flush=True)
-        for gp in args.gigapixels:
-            side = round(math.sqrt(gp * 1e9))
-            ortho = work / f"ortho-{gp:g}gp.tif"
-            made = make_ortho(ortho, side, side, photos)
-            out = work / f"out-{gp:g}"
+        sizes = [(round(math.sqrt(gp * 1e9)),) * 2 for gp in args.gigapixels]
+        sizes += [tuple(int(v) for v in size.split("x")) for size in args.sizes]
+        for width, height in sizes:
+            gp = round(width * height / 1e9, 3)
+            ortho = work / f"ortho-{width}x{height}.tif"
+            made = make_ortho(ortho, width, height, photos)
+            out = work / f"out-{width}x{height}"
             run = timed([*weedseg, str(ortho), "--out", str(out), *common], env, args.limit_s)
-            mp = side * side / 1e6
+            mp = width * height / 1e6
             if run.get("stopped"):  # the share done: rows of windows finished, from the journal
                 journal = json.loads((out / f"{ortho.stem}.mask.tif.partial" / "journal.json").read_text())
                 height = journal["settings"]["model_size"][1]
                 done = journal["rows_done"] * (1024 - 128) / height
                 run["share_done"] = round(min(1.0, done), 3)
                 mp *= run["share_done"]
-            row = {"gigapixels": gp, "size": f"{side} x {side}", "file_mb": round(ortho.stat().st_size / 1e6),
+            row = {"gigapixels": gp, "size": f"{width} x {height}", "file_mb": round(ortho.stat().st_size / 1e6),
                    "megapixels_done": round(mp, 1),
                    "made_in_s": round(made, 1), **run, "mp_per_s": round(mp / run["seconds"], 3)}
             row["vs_photos_pct"] = round(100 * row["mp_per_s"] / results["photos"]["mp_per_s"], 1)

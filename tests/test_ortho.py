@@ -204,3 +204,10 @@ def test_without_the_geo_extra_an_ortho_says_what_to_install(monkeypatch, tmp_pa
     monkeypatch.setattr(geo, "HAVE_GEO", False)
     with pytest.raises(WeedsegError, match=r'pip install "weedseg\[geo\]"'):
         geo.require_geo("field.tif is an orthomosaic: streaming it")
+
+
+def test_a_raster_in_degrees_gets_areas_on_the_ellipsoid(field, tmp_path):
+    path = write_raster(tmp_path / "wgs84.tif", field, crs="EPSG:4326", transform=Affine(1e-7, 0, 15.0, 0, -1e-7, 37.0))
+    ground = ortho.describe_raster(path, GroundOptions())
+    # 1e-7 degrees: 1.109 cm north-south, 0.889 cm east-west at 37 N; never 1e-14 "square degrees"
+    assert ground.source == "geotiff" and ground.gsd_cm == pytest.approx((1.109 * 0.889) ** 0.5, rel=2e-3)
