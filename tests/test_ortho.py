@@ -211,3 +211,14 @@ def test_a_raster_in_degrees_gets_areas_on_the_ellipsoid(field, tmp_path):
     ground = ortho.describe_raster(path, GroundOptions())
     # 1e-7 degrees: 1.109 cm north-south, 0.889 cm east-west at 37 N; never 1e-14 "square degrees"
     assert ground.source == "geotiff" and ground.gsd_cm == pytest.approx((1.109 * 0.889) ** 0.5, rel=2e-3)
+
+
+def test_a_crs_proj_does_not_know_is_a_clear_error(field, tmp_path, monkeypatch):
+    from weedseg.infer import geo
+
+    def unknown(wkt):
+        raise pyproj.exceptions.CRSError("Invalid projection")
+
+    monkeypatch.setattr(geo.pyproj.CRS, "from_wkt", unknown)
+    with pytest.raises(WeedsegError, match="not one PROJ knows.*gdal_edit.py -a_srs"):
+        ortho.describe_raster(write_raster(tmp_path / "odd.tif", field), GroundOptions())
