@@ -60,7 +60,8 @@ def run(seg, path, tmp_path, **options):
     ortho_options = OrthoOptions(input_gsd_cm=100 * GSD, **options)  # native scale unless said
     info = segment_ortho(path, mask, seg, GroundOptions(), ortho_options, TILE, OVERLAP, 2, progress=False)
     with rasterio.open(mask) as ds:
-        return ds.read(1), {**ds.profile, "crs": ds.crs, "overviews": ds.overviews(1)}, info
+        return ds.read(1), {**ds.profile, "crs": ds.crs, "overviews": ds.overviews(1),
+                            "layout": ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")}, info
 
 
 def test_windows_make_the_whole_image_mask_and_a_cog(seg, field, tmp_path, monkeypatch):
@@ -70,7 +71,7 @@ def test_windows_make_the_whole_image_mask_and_a_cog(seg, field, tmp_path, monke
     whole = predict_mask(seg.model_input(field), seg.run, *field.shape[:2], TILE, OVERLAP, 2, seg.info.size_multiple)
     assert np.array_equal(mask, whole)
     assert (ds["crs"].to_epsg(), ds["transform"], ds["nodata"]) == (32633, TRANSFORM, NODATA)
-    assert ds["tiled"] and ds["compress"] == "deflate" and ds["overviews"]
+    assert ds["tiled"] and ds["compress"] == "deflate" and ds["overviews"] and ds["layout"] == "COG"
     assert info["scale"] == 1.0 and not (tmp_path / "out" / "field.mask.tif.partial").exists()
 
 

@@ -191,7 +191,8 @@ class Layout:
     chunks: list[tuple[int, int]] = field(init=False)  # first and last tile column of each window
 
     def __post_init__(self) -> None:
-        self.rows, self.cols = tile_starts(self.mh, self.tile, self.overlap), tile_starts(self.mw, self.tile, self.overlap)
+        self.rows = tile_starts(self.mh, self.tile, self.overlap)
+        self.cols = tile_starts(self.mw, self.tile, self.overlap)
         self.th, self.tw = min(self.tile, self.mh), min(self.tile, self.mw)
         per = max(1, round(WINDOW_MODEL_PX / max(1, self.tile - self.overlap)))
         self.chunks = [(j, min(j + per, len(self.cols)) - 1) for j in range(0, len(self.cols), per)]

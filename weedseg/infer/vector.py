@@ -36,7 +36,7 @@ SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 
 
 def affine_of(georef: GeoRef | None, scale: float = 1.0) -> Affine:
-    """The raster's transform (identity, i.e. pixel coordinates, without a georeference), for cells of `scale` pixels."""
+    """The raster's transform for cells of `scale` pixels (the identity, pixel coordinates, without a georeference)."""
     base = Affine.identity() if georef is None else Affine(*georef.transform)
     return base @ Affine.scale(scale)
 
