@@ -24,7 +24,7 @@ import numpy as np
 from . import atomic, pictures, vector
 from .geo import Ground, require_geo
 from .metadata import ModelInfo
-from .ortho import BLOCK, NODATA, Stretch, describe_raster, is_ortho, quiet, segment_ortho
+from .ortho import BLOCK, NODATA, Stretch, describe_raster, gdal_env, is_ortho, quiet, segment_ortho
 from .session import Segmenter
 from .spray import SAVING_NOTE, SpraySettings, cell_pixels
 from .tables import area_classes
@@ -41,7 +41,8 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 MAX_FIELD_CELLS = 4_000_000  # 0.5 m cells over 100 ha; counted in arrays, not objects
-STRIP_ROWS = 4 * BLOCK
+STRIP_ROWS = BLOCK  # rows of the mask read at once
+COUNT_ROWS = 32  # rows counted at once
 # Tiles of an orthomosaic go to the model one at a time (--batch-size is for photos): on a CPU a batch of four
 # 1024-pixel tiles is no faster and holds about 360 MB more in the engine.
 ORTHO_BATCH = 1
@@ -63,17 +64,19 @@ def tally(mask_path: Path, weed_class: int | None, cell: int) -> Tally:
         height, width = ds.height, ds.width
         rows, cols = -(-height // cell), -(-width // cell)
         t = Tally(np.zeros(256, np.int64), np.zeros((rows, cols), np.int64), np.zeros((rows, cols), np.int64), cell)
-        step = max(cell, STRIP_ROWS // cell * cell)  # whole cells per strip
         starts = np.arange(0, width, cell)
-        for y0 in range(0, height, step):
-            strip = ds.read(1, window=Window(0, y0, width, min(step, height - y0)))
-            t.counts += np.bincount(strip.ravel(), minlength=256)
-            for i, r0 in enumerate(range(0, strip.shape[0], cell)):
-                band = strip[r0: r0 + cell]
-                inside = np.add.reduceat((band != NODATA).sum(0, dtype=np.int64), starts)
-                t.inside[y0 // cell + i] = inside
+        for y0 in range(0, height, STRIP_ROWS):
+            strip = ds.read(1, window=Window(0, y0, width, min(STRIP_ROWS, height - y0)))
+            y = 0
+            while y < strip.shape[0]:  # rows within one row of cells, COUNT_ROWS at most (bincount: 8 bytes a pixel)
+                r = (y0 + y) // cell
+                end = min(strip.shape[0], y + COUNT_ROWS, (r + 1) * cell - y0)
+                band = strip[y:end]
+                t.counts += np.bincount(band.ravel(), minlength=256)
+                t.inside[r] += np.add.reduceat((band != NODATA).sum(0, dtype=np.int64), starts)
                 if weed_class is not None:
-                    t.weed[y0 // cell + i] = np.add.reduceat((band == weed_class).sum(0, dtype=np.int64), starts)
+                    t.weed[r] += np.add.reduceat((band == weed_class).sum(0, dtype=np.int64), starts)
+                y = end
     return t
 
 
@@ -209,6 +212,10 @@ class OrthoRoute:
 
     def handle(self, job: Job) -> dict:
         require_geo(f"{job.name} is an orthomosaic: streaming it")
+        with gdal_env():  # GDAL's block cache would otherwise grow to 5 % of the machine's memory
+            return self.segment_and_map(job)
+
+    def segment_and_map(self, job: Job) -> dict:
         o = self.opt
         base = job.grid.with_name(job.grid.name.removesuffix(".grid.csv"))
         options = {"ortho": asdict(o.ortho), "tile": o.tile, "overlap": o.overlap, "model": str(self.seg.path)}

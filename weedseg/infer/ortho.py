@@ -103,6 +103,11 @@ def quiet() -> Iterator[None]:
         yield
 
 
+def gdal_env() -> rasterio.Env:
+    """GDAL settings for streamed work: a block cache of GDAL_CACHE_BYTES (by default GDAL takes 5 % of the RAM)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+
+
 def rgb_bands(ds: rasterio.io.DatasetReader, bands: tuple[int, int, int] | None, name: str) -> tuple[int, int, int]:
     """The 1-based red, green and blue bands: `bands`, else from the colour interpretation (or the first three of a
     3-band raster, or of 4 bands with the fourth alpha); WeedsegError when it cannot tell."""
@@ -399,7 +404,7 @@ def segment_ortho(path: Path, mask_path: Path, seg: Segmenter, ground_options: G
     MASK_PATH.partial/; returns what the summary needs (ground, scale, bands, stretch, unreadable windows)."""
     require_geo(f"{path.name} is an orthomosaic: streaming it")
     name = path.name
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), quiet():
+    with gdal_env(), quiet():
         try:
             ds = rasterio.open(path)
         except RasterioError as exc:
