@@ -82,11 +82,12 @@ def test_a_killed_run_resumes_by_row_to_the_same_mask(seg, field, tmp_path, monk
     expected, _, _ = run(seg, path, tmp_path / "a")
     real_band, calls = ortho.OrthoSegmenter.band, []
 
-    def dies_at_row_3(self, r, carries, out):
+    def dies_at_row_3(self, r, work, out):
         calls.append(r)
         if len(calls) == 3:
-            raise KeyboardInterrupt  # as a kill would, after two rows were saved
-        return real_band(self, r, carries, out)
+            real_band(self, r, work, out)  # its carried sums are written, the journal is not: as a kill would leave it
+            raise KeyboardInterrupt
+        return real_band(self, r, work, out)
 
     monkeypatch.setattr(ortho.OrthoSegmenter, "band", dies_at_row_3)
     with pytest.raises(KeyboardInterrupt):

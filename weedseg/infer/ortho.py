@@ -332,15 +332,15 @@ class OrthoSegmenter:
         except RasterioError:
             return np.zeros(shape, bool)
 
-    def band(self, r: int, carries: dict[int, np.ndarray], out: np.ndarray) -> dict[int, np.ndarray]:
-        """Predict tile row r window by window into `out` (its finished raster rows, all columns); `carries`: the
-        blend sums carried down from row r - 1, per window; returns those carried to row r + 1."""
+    def band(self, r: int, work: Path, out: np.ndarray) -> None:
+        """Predict tile row r window by window into `out` (its finished raster rows, all columns). The blend sums
+        carried down from row r - 1 are read from work/carry-(r-1)-K.npy and those for row r + 1 written to
+        work/carry-r-K.npy, one window at a time: after the last row but one they span most of a tile's height."""
         lay, c = self.lay, self.classes
         y, th, tw = lay.rows[r], lay.th, lay.tw
         done = lay.row_done(r) - y
         r0, r1 = lay.raster_row(y), lay.raster_row(lay.row_done(r))
         across: tuple[np.ndarray, np.ndarray] | None = None
-        down: dict[int, np.ndarray] = {}
         for k, (j0, j1) in enumerate(lay.chunks):
             x0, x1, xf = lay.cols[j0], lay.cols[j1] + tw, lay.col_done(k)
             rgb, valid = self.read(y, y + th, x0, x1)
@@ -348,10 +348,13 @@ class OrthoSegmenter:
             del rgb
             acc = np.zeros((c, th, x1 - x0), np.float32)
             weight = np.zeros((th, x1 - x0), np.float32)
-            if k in carries:
-                rows = carries[k].shape[1]
-                acc[:, :rows, : xf - x0] = carries[k][:c]
-                weight[:rows, : xf - x0] = carries[k][c]
+            carried = work / f"carry-{r - 1}-{k}.npy"
+            if r and carried.is_file():
+                carry = np.load(carried)
+                rows = carry.shape[1]
+                acc[:, :rows, : xf - x0] = carry[:c]
+                weight[:rows, : xf - x0] = carry[c]
+                del carry
             if across is not None:
                 n = across[1].shape[1]
                 acc[:, :, :n] += across[0]
@@ -374,9 +377,10 @@ class OrthoSegmenter:
                 block = out[:, c0:c1]
                 argmax_into(finished, block, m)
                 block[~self.raster_valid(r0, r1, c0, c1, valid[:done, : xf - x0], lay.exact)] = NODATA
-            down[k] = np.concatenate([acc[:, done:, : xf - x0], weight[None, done:, : xf - x0]])
+            if done < th:
+                save_array(work / f"carry-{r}-{k}.npy",
+                           np.concatenate([acc[:, done:, : xf - x0], weight[None, done:, : xf - x0]]))
             across = (acc[:, :, xf - x0:].copy(), weight[:, xf - x0:].copy())
-        return down
 
 
 def partial_profile(ds: rasterio.io.DatasetReader, georef: GeoRef | None) -> dict:
@@ -479,7 +483,6 @@ def run_rows(runner: OrthoSegmenter, journal: Journal, work: Path, progress: boo
     journal; a run killed anywhere in between redoes row R from row R - 1's files, which are removed only after."""
     lay = runner.lay
     last = journal.rows_done - 1  # the files of the last finished row are the ones to go on from
-    carries = {int(p.stem.split("-")[2]): np.load(p) for p in work.glob(f"carry-{last}-*.npy")}
     pending = np.load(work / f"pending-{last}.npy") if last >= 0 else np.zeros((0, lay.width), np.uint8)
     first = lay.raster_row(lay.rows[journal.rows_done]) if journal.rows_done < len(lay.rows) else lay.height
     bar = tqdm(total=round(lay.width * lay.height / 1e6, 1), initial=round(lay.width * first / 1e6, 1), unit="MP",
@@ -487,15 +490,14 @@ def run_rows(runner: OrthoSegmenter, journal: Journal, work: Path, progress: boo
     for r in range(journal.rows_done, len(lay.rows)):
         r0, r1 = lay.raster_row(lay.rows[r]), lay.raster_row(lay.row_done(r))
         out = np.empty((r1 - r0, lay.width), np.uint8)
-        carries = runner.band(r, carries, out)
+        runner.band(r, work, out)
         rows = np.concatenate([pending, out]) if len(pending) else out
         ready = len(rows) if r == len(lay.rows) - 1 else len(rows) // BLOCK * BLOCK
         if ready:
             with rasterio.open(work / "mask.tif", "r+") as dst:
                 dst.write(rows[:ready], 1, window=Window(0, journal.written_rows, lay.width, ready))
-        pending = rows[ready:]
-        for k, carry in carries.items():
-            save_array(work / f"carry-{r}-{k}.npy", carry)
+        pending = rows[ready:].copy()  # not a view: the finished rows are let go
+        del rows, out
         save_array(work / f"pending-{r}.npy", pending)
         journal.rows_done, journal.written_rows, journal.bad_windows = r + 1, journal.written_rows + ready, runner.bad
         journal.save(work)
