@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     paths = [s.image for s in open_dataset("peanut").splits["test"][: args.images]]
-    seg = Segmenter(resolve_model_path(args.model), "cpu", spin=False)
+    seg = Segmenter(resolve_model_path(args.model), "cpu", spin=False, engine="onnxruntime")
     short = seg.info.input_short_side
     inputs = [seg.model_input(resize_short_side(read_rgb(p), short)) for p in paths]
     batches = [np.stack([pad_to_multiple(x, seg.info.size_multiple) for x in inputs[i : i + 4]])

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--cell", type=int, default=80, help="grid cell in pixels (the photos have no GSD)")
     args = parser.parse_args()
     data = open_dataset(args.dataset, args.data_root, need=(args.split,))
-    seg, opt = Segmenter(DEFAULT_MODEL, device="cpu"), PredictOptions()
+    seg, opt = Segmenter(DEFAULT_MODEL, device="cpu", engine="onnxruntime"), PredictOptions()
     weed = seg.info.classes.index("weed")
     totals = np.zeros((len(SETTINGS), 3))  # sprayed pixels, image pixels, labelled weed pixels reached
     weed_pixels = 0

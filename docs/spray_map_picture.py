@@ -18,7 +18,7 @@ import cv2
 from weedseg.data.io import read_rgb
 from weedseg.data.locate import find_dataset_root
 from weedseg.data.transforms import resize_short_side
-from weedseg.infer import outputs
+from weedseg.infer import atomic, pictures
 from weedseg.infer.geo import Ground
 from weedseg.infer.image import segment_rgb
 from weedseg.infer.pipeline import PredictOptions
@@ -36,18 +36,18 @@ def main() -> None:
     args = parser.parse_args()
     root = find_dataset_root("peanut", args.data_root)
     rgb = read_rgb(root / "images" / f"{args.image}.jpg")
-    seg, opt = Segmenter(DEFAULT_MODEL, device="cpu"), PredictOptions()
+    seg, opt = Segmenter(DEFAULT_MODEL, device="cpu", engine="onnxruntime"), PredictOptions()
     mask = segment_rgb(seg, rgb, opt.short_side, opt.tile, opt.overlap, opt.batch_size)
     plan = plan_spray(mask, seg.info.classes, Ground(None, "none"), SpraySettings(), args.cell)
     row = plan.row()
     text = (f"spray {row['spray_cells']} of {row['cells']} cells ({row['sprayed_pct']:.0f} % of the area), "
             f"threshold 1 % weed per cell")
-    tinted = outputs.overlay(rgb, mask, seg.info.colors, background=seg.info.background)
+    tinted = pictures.overlay(rgb, mask, seg.info.colors, background=seg.info.background)
     small = resize_short_side(tinted, 480)  # a small file for the README
     picture = draw_spray_cells(small, plan)
     cv2.rectangle(picture, (0, 0), (picture.shape[1], 26), (0, 0, 0), -1)
     cv2.putText(picture, text, (8, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 214, 0), 1, cv2.LINE_AA)
-    outputs.atomic_write(OUT, outputs.encode_image(picture, ".jpg"))
+    atomic.atomic_write(OUT, pictures.encode_image(picture, ".jpg"))
     print(f"peanut {args.image}: {text}; herbicide saving {row['herbicide_saving_pct_est']:.1f} % (estimate) -> {OUT}")
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
-from weedseg.checkpoint import model_metadata, save_checkpoint
 from weedseg.data import open_dataset
 from weedseg.data.locate import find_dataset_root
-from weedseg.models import create_model
-from weedseg.train import TrainConfig, train
 
+# The trainer's fixtures (random_checkpoint, trained_run) import torch; the inference-only install has none, and
+# its tests (test_predict.py, test_engines.py) run without them.
+pytest_plugins = ["train_fixtures"] if importlib.util.find_spec("torch") else []
 
 # Tests that need a real training run or a browser are end-to-end: marked slow, so `make test-quick`
 # (pytest -m "not slow") skips them.
@@ -42,23 +43,3 @@ def peanut_root() -> Path:
 def peanut(peanut_root):
     """The peanut dataset opened with its committed split."""
     return open_dataset("peanut", peanut_root)
-
-
-@pytest.fixture()
-def random_checkpoint(tmp_path, peanut) -> Path:
-    """An untrained compact model saved as a weedseg checkpoint (fast; for format and shape tests)."""
-    model = create_model("unet-resnet18-quarter", 3)
-    meta = model_metadata("unet-resnet18-quarter", 3, peanut.classes, peanut.colors, [0.49, 0.51, 0.43], [0.26, 0.27, 0.25])
-    path = tmp_path / "random.pt"
-    save_checkpoint(path, model, meta)
-    return path
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, peanut_root) -> Path:
-    """A short real training on 10 % of the peanut training images (about 20 s on 2 cores); returns the run folder."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    cfg = TrainConfig(dataset="peanut", data_root=str(peanut_root), out=str(out), epochs=8, warmup_epochs=1,
-                      train_fraction=0.15, seed=0, workers=0)
-    train(cfg)
-    return out

@@ -21,7 +21,7 @@ from weedseg.checkpoint import load_checkpoint
 from weedseg.cli import build_parser, main
 from weedseg.export import export_onnx
 from weedseg.infer.image import csv_bytes, decode_image, safe_name, segment_upload, summary_columns, zip_bytes
-from weedseg.infer.outputs import read_mask
+from weedseg.infer.pictures import read_mask
 from weedseg.infer.pipeline import PredictOptions, predict_path
 from weedseg.infer.session import Segmenter
 from weedseg.resources import APP_SCRIPT

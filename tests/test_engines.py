@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from weedseg import WeedsegError
-from weedseg.cli import main
+from weedseg.cli import build_parser, main
 from weedseg.data.io import read_rgb
 from weedseg.data.transforms import resize_short_side
 from weedseg.infer import engines
@@ -125,3 +126,8 @@ def test_unusable_models_fail_before_any_timing(tmp_path, monkeypatch, engine):
     with pytest.raises(WeedsegError, match="cannot load ONNX model"):
         Segmenter(tmp_path / "junk.onnx", device="cpu", threads=1, engine=engine)
     assert not (tmp_path / "weedseg").exists()  # nothing timed or remembered
+
+
+def test_the_python_api_and_the_cli_default_to_the_same_engine():
+    cli_default = build_parser(["predict"]).parse_args(["predict", "x.jpg", "--out", "o"]).engine
+    assert inspect.signature(Segmenter).parameters["engine"].default == cli_default == engines.DEFAULT_ENGINE

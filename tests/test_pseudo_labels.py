@@ -13,7 +13,7 @@ from weedseg.cli import main
 from weedseg.data import SegmentationDataset, open_dataset
 from weedseg.data.io import RUN_MANIFEST
 from weedseg.data.pseudo import add_pseudo_labels
-from weedseg.infer.outputs import read_mask
+from weedseg.infer.pictures import read_mask
 
 
 @pytest.fixture(scope="module")

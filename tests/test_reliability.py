@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import csv
 import errno
-import fcntl
 import json
 import os
 import struct
@@ -18,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import cv2
+import filelock
 import numpy as np
 import pytest
 import torch
@@ -29,7 +29,7 @@ from weedseg.checkpoint import load_checkpoint, model_from_checkpoint, model_met
 from weedseg.cli import main, metrics_path
 from weedseg.data.io import DECODE_PIXEL_BYTES, RUN_MANIFEST, read_rgb
 from weedseg.export import export_checkpoint, export_onnx, save_with_metadata
-from weedseg.infer import image, outdir, outputs
+from weedseg.infer import atomic, image, outdir
 from weedseg.infer.budget import MemoryBudget
 from weedseg.infer.image import SessionBudget, decode_image
 from weedseg.infer.metadata import ModelInfo
@@ -245,12 +245,12 @@ def test_rerun_with_another_model_or_options_refuses_instead_of_mixing(model, tm
 
 
 def test_outputs_older_than_the_settings_are_redone(model, tmp_path):
-    """An --overwrite run killed half-way leaves outputs of the old settings: the next run redoes them."""
+    """An --overwrite run killed half-way leaves outputs of the old settings: the run journal, emptied when the
+    settings changed, does not list them, so the next run redoes them."""
     photo(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     assert predict(tmp_path / "in", "--model", model, "--out", out) == 0
-    mask = out / "a.mask.png"
-    os.utime(mask, ns=(0, 0))  # as if written before the settings in the manifest
+    (out / outdir.JOURNAL).write_bytes(b"")  # as if the --overwrite run was killed before it finished a.png
     assert predict(tmp_path / "in", "--model", model, "--out", out) == 0
     assert summary(out)["a.png"]["status"] == "predicted"
 
@@ -259,8 +259,7 @@ def test_out_is_locked_against_a_second_run(model, tmp_path, capsys):
     photo(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     out.mkdir()
-    with open(out / outdir.LOCK, "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds the folder
+    with filelock.FileLock(out / outdir.LOCK):  # another run holds the folder
         assert predict(tmp_path / "in", "--model", model, "--out", out) == 2
     assert "another `weedseg predict` is writing into" in capsys.readouterr().err
     assert predict(tmp_path / "in", "--model", model, "--out", out) == 0  # released
@@ -318,14 +317,14 @@ def test_unwritable_out_is_refused_before_inference(model, tmp_path, capsys, mon
 def test_disk_full_during_the_run_stops_it_with_one_line(model, tmp_path, capsys, monkeypatch):
     for i in range(3):
         photo(tmp_path / "in" / f"{i}.png", seed=i)
-    write = outputs.atomic_write
+    write = atomic.atomic_write
 
     def full(path: Path, data: bytes) -> None:
         if path.name.endswith(".mask.png"):
             raise OSError(errno.ENOSPC, "No space left on device")
         write(path, data)
 
-    monkeypatch.setattr(outputs, "atomic_write", full)
+    monkeypatch.setattr(atomic, "atomic_write", full)
     assert predict(tmp_path / "in", "--model", model, "--out", tmp_path / "out", "--workers", "1") == 2
     err = capsys.readouterr().err
     assert "No space left on device): the run stopped" in err and "Traceback" not in err

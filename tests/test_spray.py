@@ -23,7 +23,8 @@ from weedseg.infer.session import DEFAULT_MODEL, Segmenter
 from weedseg.infer.geo import Ground, GroundOptions, check_resolution, describe_ground
 from weedseg.infer.image import SegmentedImage
 from weedseg.infer.metadata import background_class
-from weedseg.infer.outputs import overlay, summary_columns
+from weedseg.infer.pictures import overlay
+from weedseg.infer.tables import summary_columns
 from weedseg.infer.pipeline import Job, PredictOptions, Predictor
 from weedseg.infer.spray import SpraySettings, plan_spray, spray_geojson, write_run_outputs, write_spray_map
 from weedseg.resources import APP_SCRIPT

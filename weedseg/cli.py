@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import WeedsegError, __version__
 from .data import DATASETS, SPLITS
-from .infer.engines import ENGINES
+from .infer.engines import DEFAULT_ENGINE, ENGINES
 from .infer.pipeline import OUTPUTS
 from .infer.metadata import MAX_INPUT_SHORT_SIDE
 
@@ -379,7 +379,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else the CPU")
-    p.add_argument("--engine", choices=ENGINES, default="auto",
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help="auto: on the CPU, the faster installed engine for this model, timed once and remembered "
                         "(docs/inference.md); openvino needs pip install 'weedseg[openvino]'")
     p.add_argument("--threads", type=int_in(0), default=0, help="inference threads (default: all cores)")

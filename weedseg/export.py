@@ -131,7 +131,7 @@ def check_parity(seg: Segmenter, model: nn.Module, images: list[np.ndarray]) -> 
 
 def evaluate_onnx(path: str | Path, data: LabelledData, split: str, device: str = "cpu") -> dict:
     """mIoU of an exported model on a labelled split, scored as training validates (short side resize)."""
-    seg = Segmenter(path, device=device)
+    seg = Segmenter(path, device=device, engine="onnxruntime")
     info = seg.info
     ds = SegmentationDataset(data.layout, data.splits[split], EvalResize(info.input_short_side), info.mean, info.std)
     cm = ConfusionMatrix(len(info.classes))
@@ -183,7 +183,7 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, data: LabelledData, sp
     QLinearConv on x86; with int8 activations most convolutions stayed in float between Q/DQ pairs.
     The two ends of the network stay FP32 (see `float_ends`).
     """
-    info = Segmenter(fp32_path, device="cpu").info
+    info = Segmenter(fp32_path, device="cpu", engine="onnxruntime").info
     ds = SegmentationDataset(data.layout, data.splits[split], EvalResize(info.input_short_side), info.mean, info.std)
     reader = CalibrationImages(ds, images)
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,7 +230,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledDat
         print(f"familiarity: threshold {info.familiarity.threshold:.2f} on {info.familiarity.dim} pooled features, "
               f"fitted on {info.familiarity.field} photos" if info.familiarity else f"note: {UNKNOWN_MESSAGE}")
         images = [read_rgb(s.image) for s in data.splits[check_split][: max(1, check_images)]]
-        parity = check_parity(Segmenter(temps[0], device="cpu"), model_from_checkpoint(ckpt), images)
+        parity = check_parity(Segmenter(temps[0], device="cpu", engine="onnxruntime"), model_from_checkpoint(ckpt), images)
         print(f"self-check on {parity.inputs} real inputs vs torch: max abs logit difference "
               f"{parity.max_abs_diff:.2e}, mask agreement {100 * parity.mask_agreement:.3f} %")
         if parity.max_abs_diff > tolerance or parity.mask_agreement < 0.999:

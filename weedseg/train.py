@@ -142,7 +142,7 @@ def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: in
     if spec == "none":
         return None
     if spec == "auto":
-        from .infer.outputs import class_counts  # counts in strips: memory stays small on large masks
+        from .infer.tables import class_counts  # counts in strips: memory stays small on large masks
 
         counts = sum(class_counts(dataset.load(i)[1], num_classes) for i in range(len(dataset)))  # ignored left out
         return inverse_sqrt_frequency_weights(torch.from_numpy(counts))

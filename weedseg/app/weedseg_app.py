@@ -18,7 +18,7 @@ import streamlit as st
 from weedseg import WeedsegError
 from weedseg.data.io import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from weedseg.data.transforms import resize_short_side
-from weedseg.infer import outputs
+from weedseg.infer import pictures, tables
 from weedseg.infer.image import (SESSION_FILES, SESSION_PIXELS, SegmentedImage, SessionBudget, colour_mask, cover_grid,
                                  csv_bytes, grid_heatmap, safe_name, segment_upload, summary_columns, upload_pixels,
                                  zip_bytes)
@@ -115,7 +115,7 @@ def segment_all(seg: Segmenter, files: list) -> list[tuple[str, SegmentedImage |
 def show_numbers(res: SegmentedImage, classes: list[str]) -> None:
     """Cover of every class but the background (soil, wherever the model lists it), the weed-to-crop ratio and
     the cells with weeds."""
-    row, shown = res.row, outputs.area_classes(classes)
+    row, shown = res.row, tables.area_classes(classes)
     cols = iter(st.columns(len(shown) + 2))
     for c in shown:
         next(cols).metric(f"{c.capitalize()} cover", f"{row[f'{c}_pct']:.1f} %")
@@ -169,7 +169,7 @@ def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
     alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
     side = min(PREVIEW_SHORT_SIDE, *res.rgb.shape[:2])
     rgb, mask = resize_short_side(res.rgb, side), resize_short_side(res.mask, side, nearest=True)
-    overlay = outputs.overlay(rgb, mask, info.colors, alpha, background=info.background)
+    overlay = pictures.overlay(rgb, mask, info.colors, alpha, background=info.background)
     for col, picture, caption in zip(st.columns(3), [rgb, overlay, colour_mask(mask, info.colors)],
                                      ["Original", "Overlay", "Mask"]):
         col.image(picture, caption=caption, width="stretch")

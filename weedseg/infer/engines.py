@@ -22,11 +22,12 @@ from typing import Protocol
 import numpy as np
 
 from .. import WeedsegError
-from .outputs import atomic_write
+from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "onnxruntime", "openvino")
+DEFAULT_ENGINE = "auto"  # of the Python API (Segmenter) and of `weedseg predict --engine`
 TIMED_PASSES = 5
 
 

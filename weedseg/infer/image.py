@@ -18,7 +18,7 @@ import numpy as np
 from .. import WeedsegError
 from ..data.io import MAX_IMAGE_PIXELS, open_checked, read_rgb
 from ..data.transforms import resize_short_side
-from . import outputs
+from . import pictures, tables
 from .geo import Ground, GroundOptions, describe_ground
 from .pipeline import PredictOptions
 from .session import Segmenter
@@ -89,7 +89,7 @@ def weed_crop_ratio(row: dict) -> float | None:
     return round(weed / crop, 3)
 
 
-def cover_grid(cells: list[outputs.GridCell]) -> np.ndarray:
+def cover_grid(cells: list[tables.GridCell]) -> np.ndarray:
     """Weed cover in percent as a (rows, cols) array of a `weed_grid`."""
     grid = np.zeros((cells[-1].row + 1, cells[-1].col + 1), np.float32)
     for c in cells:
@@ -152,7 +152,7 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
 
 def summary_columns(classes: list[str]) -> list[str]:
     """Columns of the upload page's summary CSV: those of `weedseg predict` plus the weed-to-crop ratio."""
-    columns = outputs.summary_columns(classes)
+    columns = tables.summary_columns(classes)
     columns.insert(columns.index("mask"), "weed_crop_ratio")
     return columns
 
@@ -166,7 +166,7 @@ class SegmentedImage:
     mask: np.ndarray
     grid_cell: int = 0  # the cell size `row` and `cells` were computed for
     row: dict = field(default_factory=dict)
-    cells: list[outputs.GridCell] = field(default_factory=list)
+    cells: list[tables.GridCell] = field(default_factory=list)
     ground: Ground = field(default_factory=lambda: Ground(None, "none"))  # from the file (GeoTIFF tags)
     plan: SprayPlan | None = None
     settings: tuple = ()  # what `row`, `cells` and `plan` were computed for
@@ -191,11 +191,11 @@ class SegmentedImage:
 
     def files(self, colors: list[list[int]], alpha: float, *, background: int | None) -> dict[str, bytes]:
         """What `weedseg predict` writes for the image: class mask PNG, overlay JPG (every class but `background`
-        tinted, see outputs.overlay), weed grid CSV and spray map."""
-        picture = outputs.overlay(self.rgb, self.mask, colors, alpha, background=background)
-        files = {f"{self.stem}.mask.png": outputs.encode_image(self.mask, ".png"),
-                 f"{self.stem}.overlay.jpg": outputs.encode_image(picture, ".jpg"),
-                 f"{self.stem}.grid.csv": outputs.grid_csv(self.cells, self.plan.spray if self.plan else None)}
+        tinted, see pictures.overlay), weed grid CSV and spray map."""
+        picture = pictures.overlay(self.rgb, self.mask, colors, alpha, background=background)
+        files = {f"{self.stem}.mask.png": pictures.encode_image(self.mask, ".png"),
+                 f"{self.stem}.overlay.jpg": pictures.encode_image(picture, ".jpg"),
+                 f"{self.stem}.grid.csv": tables.grid_csv(self.cells, self.plan.spray if self.plan else None)}
         if self.plan:
             files[f"{self.stem}.spray.geojson"] = spray_map_bytes(self.plan, self.name)
         return files

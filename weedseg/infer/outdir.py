@@ -1,24 +1,27 @@
 """The output folder of `weedseg predict`: claimed by one run at a time, checked writable before any
-inference, cleared of temporary files a killed run left, and recording the model and options that made
-its outputs (RUN_MANIFEST), so a run with other ones never mixes its outputs with theirs."""
+inference, cleared of temporary files a killed run left, recording the model and options that made
+its outputs (RUN_MANIFEST), so a run with other ones never mixes its outputs with theirs, and the summary
+row of every image finished (JOURNAL), so a rerun reuses them and predicts only the rest."""
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
+
 from .. import WeedsegError
 from ..data.io import RUN_MANIFEST, file_sha256
-from .outputs import atomic_write
+from .atomic import atomic_write
 
 FORMAT = "weedseg.predict-run/1"
 LOCK = ".weedseg-predict.lock"
-PROBE = ".weedseg-write-test"
+JOURNAL = ".weedseg-journal.jsonl"  # one JSON line per image finished, appended as it finishes
 MIN_FREE_BYTES = 100_000_000
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # no image can be written
 
@@ -74,26 +77,92 @@ def write_probe(out: Path, name: str, data: bytes) -> None:
                            "with free space") from exc
 
 
-@contextmanager
-def claim_output_folder(out: Path, record: dict, overwrite: bool) -> Iterator[int]:
-    """Hold `out` for one predict run: lock it, check that it is writable and has room, remove `.part` files of
-    killed runs, check RUN_MANIFEST against `record` (written anew for a new folder or with `overwrite`).
+def photo_stamp(photo: Path) -> dict:
+    """What identifies a photo's version in the journal: its size and modification time."""
+    stat = photo.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
-    Yields the manifest's modification time in ns: outputs older than it were made before the current
-    settings were set (by an interrupted --overwrite run) and must be redone. Every problem is a
-    WeedsegError, raised before any inference.
+
+def read_journal(path: Path) -> tuple[dict[str, dict], bool]:
+    """The journal's entries by image name (a later entry wins) and whether it is whole: a run killed while
+    appending leaves a partial last line, which is dropped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}, True
+    entries = {}
+    for line in data.splitlines():
+        try:
+            entry = json.loads(line)
+            entries[entry["image"]] = entry
+        except (ValueError, KeyError, TypeError):
+            continue  # the line being written when the run was killed
+    return entries, data.endswith(b"\n") or not data
+
+
+class RunJournal:
+    """The summary rows of the images finished in an output folder, each with the photo's size and mtime_ns
+    when it was predicted and the settings its row was made with. Lines are appended and flushed as images
+    finish, so a killed run loses at most the images in flight."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries, whole = read_journal(path)
+        if not whole:  # rewritten whole before anything is appended to it
+            atomic_write(path, b"".join(self.line(e) for e in self.entries.values()))
+        self._file = open(path, "ab")
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def line(entry: dict) -> bytes:
+        return json.dumps(entry, ensure_ascii=True, default=lambda v: v.item()).encode() + b"\n"  # numpy scalars
+
+    def finished(self, name: str, photo: Path, mask: Path) -> dict | None:
+        """The entry of image `name` (its path below the input folder of RUN_MANIFEST) when it is done: recorded
+        for this version of the photo (its size and mtime_ns) and its mask still present; else None."""
+        entry = self.entries.get(name)
+        if entry is None or not mask.is_file():
+            return None
+        try:
+            stamp = photo_stamp(photo)
+        except OSError:
+            return None
+        return entry if all(entry.get(k) == v for k, v in stamp.items()) else None
+
+    def add(self, name: str, photo: Path, row: dict, settings: dict) -> None:
+        """Record image `name` finished (after its outputs are written) with its summary row."""
+        entry = {"image": name, **photo_stamp(photo), "settings": settings, "row": row}
+        with self._lock:
+            self.entries[name] = entry
+            self._file.write(self.line(entry))
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@contextmanager
+def claim_output_folder(out: Path, record: dict, overwrite: bool) -> Iterator[RunJournal]:
+    """Hold `out` for one predict run: lock it, check that it is writable and has room, remove `.part` files of
+    killed runs, check RUN_MANIFEST against `record` (written anew for a new folder or with `overwrite`, which
+    empties the journal too).
+
+    Yields the folder's RunJournal: the images it lists as finished are done, the others must be predicted.
+    Every problem is a WeedsegError, raised before any inference.
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / LOCK, "a")
+    except OSError as exc:
+        raise WeedsegError(f"cannot write into --out {out} ({exc.strerror or exc}); choose a writable folder") from exc
+    lock = filelock.FileLock(out / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise WeedsegError(f"another `weedseg predict` is writing into {out}; wait for it to finish or "
+                           "choose another --out") from None
     except OSError as exc:
         raise WeedsegError(f"cannot write into --out {out} ({exc.strerror or exc}); choose a writable folder") from exc
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WeedsegError(f"another `weedseg predict` is writing into {out}; wait for it to finish or "
-                               "choose another --out") from None
         free = shutil.disk_usage(out).free
         if free < MIN_FREE_BYTES:
             raise WeedsegError(f"only {free / 1e6:.0f} MB free where --out {out} is (at least "
@@ -101,10 +170,16 @@ def claim_output_folder(out: Path, record: dict, overwrite: bool) -> Iterator[in
         for part in out.rglob(".*.part"):  # left by a killed run: this run holds the lock, so none is being written
             part.unlink(missing_ok=True)
         if overwrite or not check_record(out, record):
+            write_probe(out, JOURNAL, b"")  # emptied before the manifest says the settings changed
             write_probe(out, RUN_MANIFEST, json.dumps(record, indent=2).encode())
-        else:
-            write_probe(out, PROBE, b"")
-            (out / PROBE).unlink()
-        yield (out / RUN_MANIFEST).stat().st_mtime_ns
+        try:
+            journal = RunJournal(out / JOURNAL)
+        except OSError as exc:
+            raise WeedsegError(f"cannot write into --out {out} ({exc.strerror or exc}); choose a writable folder "
+                               "with free space") from exc
+        try:
+            yield journal
+        finally:
+            journal.close()
     finally:
-        lock.close()  # releases the lock
+        lock.release()

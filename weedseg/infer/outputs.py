@@ -1,50 +1,19 @@
-"""What `weedseg predict` writes per image (mask, overlay, weed grid) and per run (summary CSV).
+"""GeoTIFF tags of the inputs `weedseg predict` reads and of the masks it writes for them.
 
-Every file is written to a temporary name in the same folder and renamed into place, so an
-interrupted run never leaves a half-written file under a final name.
+(Atomic writes are in weedseg.infer.atomic, masks and overlays in pictures, grid and summary tables in tables.)
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, TiffImagePlugin
-
-from .. import WeedsegError
-from .metadata import background_class
 
 # GeoTIFF tags: pixel scale, tie points, transformation, GeoKey directory, double and ASCII params
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 GeoTags = dict[int, tuple[object, int]]  # tag -> (value, TIFF type)
-STRIP_PIXELS = 1 << 20  # pixels per strip of rows in full-size work
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def encode_image(array: np.ndarray, suffix: str) -> bytes:
-    """PNG or JPEG bytes of an RGB (HxWx3) or grey (HxW) uint8 array."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if suffix in (".jpg", ".jpeg") else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    ok, buf = cv2.imencode(suffix, array, params)
-    if not ok:
-        raise WeedsegError(f"could not encode a {array.shape[1]}x{array.shape[0]} image as {suffix}")
-    return buf.tobytes()
 
 
 def read_geo_tags(path: Path) -> GeoTags | None:
@@ -74,119 +43,3 @@ def geotiff_bytes(mask: np.ndarray, geo: GeoTags) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask).save(buf, format="TIFF", tiffinfo=ifd, compression="tiff_adobe_deflate")
     return buf.getvalue()
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A class-index mask written by `weedseg predict` (PNG or GeoTIFF)."""
-    with Image.open(path) as im:
-        return np.asarray(im)
-
-
-def strips(height: int, width: int, pixels: int = STRIP_PIXELS) -> list[slice]:
-    """Row ranges of about `pixels` pixels each covering an image, for work whose temporaries must stay small."""
-    step = max(1, pixels // max(1, width))
-    return [slice(y, y + step) for y in range(0, height, step)]
-
-
-def overlay(rgb: np.ndarray, mask: np.ndarray, colors: list[list[int]], alpha: float = 0.45, *,
-            background: int | None) -> np.ndarray:
-    """The photo with every class but `background` tinted in its colour (made in strips of rows, so only the result
-    is held at full size). `background` is `ModelInfo.background`, the class named soil, background or ground
-    wherever the model lists it; None tints every class."""
-    lut = np.zeros((256, 1, 3), np.uint8)
-    lut[: len(colors), 0] = colors
-    out = np.empty_like(rgb)
-    for rows in strips(*mask.shape):
-        m, photo = mask[rows], rgb[rows]
-        tinted = cv2.addWeighted(photo, 1 - alpha, cv2.LUT(cv2.merge([m, m, m]), lut), alpha, 0)
-        if background is not None:
-            cv2.copyTo(photo, (m == background).view(np.uint8), tinted)  # the background keeps the photo's pixels
-        out[rows] = tinted
-    return out
-
-
-def class_counts(mask: np.ndarray, classes: int) -> np.ndarray:
-    """Pixels per class of a uint8 class-index mask, counted in strips (a bincount of the whole mask would
-    hold 8 bytes per pixel)."""
-    counts = np.zeros(256, np.int64)
-    for rows in strips(*mask.shape):
-        counts += np.bincount(mask[rows].ravel(), minlength=256)
-    return counts[:classes]
-
-
-@dataclass
-class GridCell:
-    """One spot-spraying cell: its bounds in pixels (x1, y1 exclusive) and weed cover in percent."""
-
-    row: int
-    col: int
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    weed_pct: float
-
-
-def weed_grid(mask: np.ndarray, weed_class: int, cell: int) -> list[GridCell]:
-    """Weed cover per cell of a grid of `cell` x `cell` pixels (edge cells are smaller)."""
-    h, w = mask.shape
-    ys, xs = np.arange(0, h, cell), np.arange(0, w, cell)
-    weed = np.stack([np.count_nonzero(mask[y0 : y0 + cell] == weed_class, axis=0) for y0 in ys])  # one band at a time
-    weed = np.add.reduceat(weed, xs, axis=1, dtype=np.int64)
-    cells = []
-    for r, y0 in enumerate(ys):
-        for c, x0 in enumerate(xs):
-            y1, x1 = min(h, y0 + cell), min(w, x0 + cell)
-            cells.append(GridCell(r, c, int(x0), int(y0), int(x1), int(y1),
-                                  round(100.0 * weed[r, c] / ((y1 - y0) * (x1 - x0)), 3)))
-    return cells
-
-
-def grid_csv(cells: list[GridCell], spray: list[bool] | None = None) -> bytes:
-    """The grid as CSV: row, col, x0, y0, x1, y1, weed_pct, and with `spray` a 0/1 spray column."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["row", "col", "x0", "y0", "x1", "y1", "weed_pct", *(["spray"] if spray is not None else [])])
-    for i, c in enumerate(cells):
-        writer.writerow([c.row, c.col, c.x0, c.y0, c.x1, c.y1, c.weed_pct, *([int(spray[i])] if spray is not None else [])])
-    return buf.getvalue().encode()
-
-
-def mask_stats(shape: tuple[int, int], classes: list[str], counts: np.ndarray, cells: list[GridCell]) -> dict:
-    """Summary-row fields of a class-index mask of `shape` from its pixels per class (`class_counts`) and weed grid
-    (percent per class, weed pixels and cells)."""
-    h, w = shape
-    row: dict = {"width": w, "height": h}
-    row.update({f"{name}_pct": round(100.0 * n / (h * w), 3) for name, n in zip(classes, counts)})
-    if "weed" not in classes:
-        return row
-    row.update(weed_pixels=int(counts[classes.index("weed")]),
-               weed_cells=sum(c.weed_pct > 0 for c in cells),
-               max_cell_weed_pct=max(c.weed_pct for c in cells))
-    return row
-
-
-def area_classes(classes: list[str]) -> list[str]:
-    """The classes given a ground area (and shown as cover): all but the background, wherever it is listed."""
-    background = background_class(classes)
-    return [c for i, c in enumerate(classes) if i != background]
-
-
-def summary_columns(classes: list[str]) -> list[str]:
-    """Columns of summary.csv."""
-    weed = ["weed_pixels", "weed_cells", "max_cell_weed_pct"] if "weed" in classes else []
-    if weed:  # ground units and spray decisions (weedseg.infer.spray)
-        areas = [f"{c}_{unit}" for c in area_classes(classes) for unit in ("m2", "m2_per_ha")]
-        weed += ["gsd_cm", "gsd_source", "area_m2", *areas, "cell_px", "cell_m", "cells", "spray_cells",
-                 "sprayed_px", "sprayed_m2", "sprayed_pct", "herbicide_saving_pct_est"]
-    return ["image", "status", "width", "height", *(f"{c}_pct" for c in classes), *weed, "mask",
-            *(["spray_map"] if weed else []), "error"]
-
-
-def write_summary(path: Path, rows: list[dict], classes: list[str]) -> None:
-    """Write summary.csv (one row per input image, in input order) atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, summary_columns(classes), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, buf.getvalue().encode())

@@ -1,21 +1,38 @@
-"""`weedseg predict` over an image or a folder tree: threaded decoding and writing around batched inference.
+"""`weedseg predict` over an image or a folder tree, in explicit stages.
 
-Reader threads decode and prepare images while the main thread runs the model on batches and
-writer threads upsample, colour and write the results, so the three overlap. An image whose mask
-exists is not predicted again (its summary row, grid and spray map are rebuilt from the mask, a
-missing overlay is drawn from the photo and the mask), so an interrupted run resumes where it
-stopped; an image that cannot be read or predicted is reported and skipped.
+1. plan (main thread, `plan_jobs` and `Run.plan`): the outputs of each image; the run journal of the
+   output folder says which images are done (their rows are reused) and which must be predicted.
+2. read (reader threads, `Predictor.prepare`): decode an image and make its model input.
+3. model (main thread, `Run.model_stage`): batch inputs of one shape and run the model on them; an image
+   too large for one call is tiled; a file one of `Predictor.routes` claims is handled whole by it.
+4. write (writer threads, `Predictor.finish` and `Predictor.refresh`): the class mask, the summary row and
+   the outputs chosen with --outputs (`IMAGE_OUTPUTS`), the mask last: it marks the image written.
+5. report (one thread, `Reporter`): every image's row arrives through a queue as the image finishes; it
+   alone records rows in the journal, calls `on_row` and moves the progress bar.
+
+The images decoded, predicted or being written hold at most IN_FLIGHT_BYTES at once (`MemoryBudget`), so
+memory is bounded whatever the folder holds. An image that cannot be read or predicted is reported and
+skipped; a disk that cannot take the outputs stops the run. A rerun predicts only what is left.
+
+Extension points, each a list or a dict, so new work plugs in without touching the stages:
+`IMAGE_OUTPUTS` (a file written per image, keyed by its --outputs name), `Predictor.routes` (files handled
+whole by another path, e.g. a raster too large to read at once), `Predictor.model_fields` and
+`Predictor.extra_columns` (summary fields computed from the model's outputs), and `Predictor.run` itself,
+which runs any subset of the jobs and hands back their rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +41,13 @@ from tqdm import tqdm
 from .. import WeedsegError
 from ..data.io import DECODE_PIXEL_BYTES, image_size, open_checked, rgb_pixels, scan_images
 from ..data.transforms import resize_short_side
-from . import outputs
+from . import atomic, outputs, pictures, tables
 from .budget import MemoryBudget, return_freed_memory
 from .geo import Ground, GroundOptions, check_resolution, describe_ground, ground_of
-from .outdir import DISK_ERRNOS, claim_output_folder, run_record
+from .metadata import ModelInfo
+from .outdir import DISK_ERRNOS, RunJournal, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
-from .spray import SpraySettings, summarize_mask, write_run_outputs, write_spray_map
+from .spray import SprayPlan, SpraySettings, summarize_mask, write_run_outputs, write_spray_map
 from .tiling import MAX_MODEL_PIXELS, check_model_pixels, predict_logits, predict_mask, run_padded, upsample_argmax
 
 log = logging.getLogger(__name__)
@@ -47,12 +65,81 @@ log = logging.getLogger(__name__)
 # the tile size).
 IN_FLIGHT_BYTES = 840_000_000  # seven 12-megapixel photos at once (four when decoding took 14 bytes a pixel)
 IMAGE_PIXEL_BYTES = max(DECODE_PIXEL_BYTES, 3 + 1 + 3 + 3)
-OUTPUTS = ("mask", "overlay", "grid")  # the files `--outputs` chooses from, per image
 
 
 def model_pixel_bytes(classes: int) -> int:
     """Bytes a model-resolution pixel holds in predict at most: float32 input, its batch and padded copies, logits."""
     return 3 * 4 * 3 + 4 * classes
+
+
+@dataclass
+class Job:
+    """One input image and the files it produces."""
+
+    index: int
+    path: Path
+    name: str  # path relative to the input folder, as shown in summary.csv
+    mask: Path
+    overlay: Path
+    grid: Path
+
+    def sibling(self, suffix: str) -> Path:
+        """An output of this image named <base><suffix>, beside its grid (base: its stem, or its name where
+        another image shares the stem)."""
+        return self.grid.with_name(self.grid.name.removesuffix(".grid.csv") + suffix)
+
+    @property
+    def spray_map(self) -> Path:
+        """<base>.spray.geojson, next to the grid; written with it."""
+        return self.sibling(".spray.geojson")
+
+
+@dataclass
+class Result:
+    """An image's class mask and what is known of it: what each per-image output is made from."""
+
+    job: Job
+    mask: np.ndarray
+    ground: Ground
+    row: dict  # summary fields
+    cells: list[tables.GridCell]
+    plan: SprayPlan | None
+    rgb: np.ndarray | None  # the photo; None where no output drawn from it is written
+
+
+@dataclass
+class ImageOutput:
+    """A file (or files) written per image besides the mask, chosen by name with --outputs."""
+
+    files: Callable[[Job, dict], list[Path]]  # what it writes for a job with these summary fields
+    write: Callable[[Result, ModelInfo], None]
+    needs_photo: bool = False  # drawn on the photo: a rerun decodes it again to make a missing one
+
+
+def write_overlay(result: Result, info: ModelInfo) -> None:
+    picture = pictures.overlay(result.rgb, result.mask, info.colors, background=info.background)
+    atomic.atomic_write(result.job.overlay, pictures.encode_image(picture, result.job.overlay.suffix))
+
+
+def write_grid(result: Result, info: ModelInfo) -> None:
+    """The weed grid CSV and, with a weed class, the spray map (cells in metres with a GSD and --cell-m)."""
+    atomic.atomic_write(result.job.grid, tables.grid_csv(result.cells, result.plan.spray if result.plan else None))
+    if result.plan is not None:
+        write_spray_map(result.job.spray_map, result.plan, result.job.name)
+
+
+IMAGE_OUTPUTS: dict[str, ImageOutput] = {
+    "overlay": ImageOutput(lambda job, row: [job.overlay], write_overlay, needs_photo=True),
+    "grid": ImageOutput(lambda job, row: [job.grid, *([job.spray_map] if "spray_cells" in row else [])], write_grid),
+}
+OUTPUTS = ("mask", *IMAGE_OUTPUTS)  # the files `--outputs` chooses from, per image
+
+# A file handled whole by another path (e.g. a raster too large to read at once): given a job, None, or a function
+# that predicts it, writes its outputs (its mask last) and returns its summary fields. Run on the main thread.
+Route = Callable[["Job"], "Callable[[Job], dict] | None"]
+# Summary fields per image from a model call: f(inputs (N, 3, h, w), logits (N, C, h, w)) -> one dict per image.
+# Called for images predicted in one model call (not for tiled ones).
+ModelFields = Callable[[np.ndarray, np.ndarray], list[dict]]
 
 
 @dataclass
@@ -71,28 +158,11 @@ class PredictOptions:
     spray: SpraySettings = field(default_factory=SpraySettings)
     outputs: tuple[str, ...] = OUTPUTS  # the mask is always written: it marks an image done
 
-
-@dataclass
-class Job:
-    """One input image and the files it produces."""
-
-    index: int
-    path: Path
-    name: str  # path relative to the input folder, as shown in summary.csv
-    mask: Path
-    overlay: Path
-    grid: Path
-
-    def done(self, since: int = 0) -> bool:
-        """The mask exists, written at or after `since` (ns; older ones predate the run's settings). The other
-        outputs derive from it (Predictor.summarize_done makes any that are missing), so it alone marks an image
-        done."""
-        return self.mask.is_file() and self.mask.stat().st_mtime_ns >= since
-
-    @property
-    def spray_map(self) -> Path:
-        """<stem>.spray.geojson, next to the grid; rewritten from the mask on every run."""
-        return self.grid.with_name(self.grid.name.removesuffix(".grid.csv") + ".spray.geojson")
+    def row_settings(self) -> dict:
+        """The settings a summary row depends on beyond the run record's (a journal row made with others is
+        made again from the mask), as JSON would give them back."""
+        return json.loads(json.dumps({"grid_cell": self.grid_cell, "ground": asdict(self.ground),
+                                      "spray": asdict(self.spray)}))
 
 
 @dataclass
@@ -104,6 +174,7 @@ class Prepared:
     x: np.ndarray  # normalised (3, h, w) at the model's resolution
     geo: outputs.GeoTags | None
     ground: Ground
+    fields: dict = field(default_factory=dict)  # summary fields from Predictor.model_fields
 
 
 @dataclass
@@ -123,22 +194,82 @@ class RunSummary:
 
 def plan_jobs(images: list[Path], root: Path, out: Path, overlay_format: str) -> list[Job]:
     """Output paths mirroring the input tree below `root`: <stem>.mask.png (.mask.tif for GeoTIFFs), <stem>.overlay.jpg,
-    <stem>.grid.csv; an image keeps its suffix (a.jpg.mask.png) when another one in its folder has the same stem
-    (a.png) or is named as its stem (a.jpg for a.jpg.png), so no two images ever share an output."""
+    <stem>.grid.csv. Names are compared ignoring case, as Windows and macOS volumes do: an image keeps its suffix
+    (a.jpg.mask.png) when another one in its folder has the same stem (a.png, A.png) or is named as its stem (a.jpg
+    for a.jpg.png), and images whose outputs would still differ only in case (a.jpg, A.JPG) get a short hash of
+    their name too, so no two images ever share an output."""
     rels = [p.relative_to(root) for p in images]
-    stems, names = Counter(r.with_suffix("") for r in rels), set(rels)
-    jobs = []
-    for i, (path, rel) in enumerate(zip(images, rels)):
+    fold = lambda p: p.as_posix().casefold()  # noqa: E731
+    stems, names = Counter(fold(r.with_suffix("")) for r in rels), {fold(r) for r in rels}
+    bases = []
+    for rel in rels:
         stem = rel.with_suffix("")
-        base = out / (rel if stems[stem] > 1 or stem in names else stem)
+        bases.append(rel if stems[fold(stem)] > 1 or fold(stem) in names else stem)
+    clashes = Counter(fold(b) for b in bases)
+    jobs = []
+    for i, (path, rel, base) in enumerate(zip(images, rels, bases)):
+        if clashes[fold(base)] > 1:
+            base = base.with_name(f"{base.name}-{hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]}")
+        base = out / base
         geo_ext = ".tif" if rel.suffix.lower() in (".tif", ".tiff") and outputs.read_geo_tags(path) else ".png"
         jobs.append(Job(i, path, rel.as_posix(), base.with_name(base.name + ".mask" + geo_ext),
                         base.with_name(f"{base.name}.overlay.{overlay_format}"), base.with_name(base.name + ".grid.csv")))
     return jobs
 
 
+def failure(exc: BaseException) -> dict:
+    """The summary row fields of an image that failed."""
+    message = str(exc) if isinstance(exc, WeedsegError) else f"{type(exc).__name__}: {exc}"
+    return {"status": "failed", "error": message}
+
+
+class Reporter:
+    """The reporting stage: one thread receives (job, fields, status, new) through a queue as images finish,
+    records new rows in the journal, passes the full row to `on_row` and moves the progress bar."""
+
+    def __init__(self, out: Path, outputs: tuple[str, ...], on_row: Callable[[Job, dict], None],
+                 journal: RunJournal | None, settings: dict, total: int, progress: bool) -> None:
+        self.out, self.outputs, self.on_row, self.journal, self.settings = out, outputs, on_row, journal, settings
+        self.bar = tqdm(total=total, unit="img", desc="predicting", disable=not progress, smoothing=0.1)
+        self.error: BaseException | None = None  # the first failure of the reporting itself
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="weedseg-report", daemon=True)
+        self._thread.start()
+
+    def put(self, job: Job, fields: dict, status: str, new: bool = True) -> None:
+        """Report an image: `fields` are its summary fields (or `failure`'s), `new` when not read from the journal."""
+        self._queue.put((job, fields, status, new))
+
+    def close(self) -> None:
+        """Report what is queued and stop; raises the reporting's own failure, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        self.bar.close()
+        if self.error is not None:
+            raise self.error
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._report(*item)
+                except BaseException as exc:  # noqa: BLE001 - raised again by close
+                    self.error = exc
+
+    def _report(self, job: Job, fields: dict, status: str, new: bool) -> None:
+        row = {"image": job.name, "status": status, **fields, "mask": "", "spray_map": ""}
+        if status != "failed":
+            row["mask"] = job.mask.relative_to(self.out).as_posix()
+            if "spray_cells" in fields and "grid" in self.outputs:
+                row["spray_map"] = job.spray_map.relative_to(self.out).as_posix()
+            if new and self.journal is not None:
+                self.journal.add(job.name, job.path, fields, self.settings)
+        self.on_row(job, row)
+        self.bar.update()
+
+
 class Predictor:
-    """Runs a Segmenter over jobs with reader and writer threads around batched inference."""
+    """Runs a Segmenter over jobs: the per-image work of each stage, and `run`, which wires the stages."""
 
     def __init__(self, seg: Segmenter, options: PredictOptions) -> None:
         self.seg, self.opt = seg, options
@@ -152,6 +283,10 @@ class Predictor:
         if seg.info.background is None:
             log.warning("the model's classes (%s) name no soil, background or ground class: overlays tint every "
                         "class and every class gets an area", ", ".join(seg.info.classes))
+        self.settings = options.row_settings()
+        self.routes: list[Route] = []
+        self.model_fields: list[ModelFields] = []
+        self.extra_columns: tuple[str, ...] = ()  # summary.csv columns the hooks above add
         self.told: set[object] = set()  # ground sources and resolution warnings already logged (see first_time)
         self._told_lock = threading.Lock()
 
@@ -175,7 +310,19 @@ class Predictor:
                         check.model_gsd_cm, check.suggested_short_side)
         return ground
 
-    # --- reader threads
+    def cost(self, job: Job) -> int:
+        """Bytes `job` holds while in flight (IMAGE_PIXEL_BYTES per image pixel, model_pixel_bytes per model pixel),
+        from its header, which is checked first: size, colour and the model resolution's size (WeedsegError before
+        anything is decoded)."""
+        width, height = image_size(job.path)
+        mw, mh = check_model_pixels(width, height, self.short_side, MAX_MODEL_PIXELS, str(job.path))
+        return IMAGE_PIXEL_BYTES * width * height + model_pixel_bytes(len(self.seg.info.classes)) * mw * mh
+
+    def route(self, job: Job) -> Callable[[Job], dict] | None:
+        """The function of the first of `routes` that claims `job`, if any."""
+        return next((handler for r in self.routes if (handler := r(job)) is not None), None)
+
+    # --- stage 2: reader threads
     def prepare(self, job: Job) -> Prepared:
         """Decode an image and make its model input; the file is opened once, its header giving the GeoTIFF tags
         and ground units too."""
@@ -188,61 +335,18 @@ class Predictor:
         x = self.seg.model_input(small)
         return Prepared(job, rgb, x, geo, self.note_ground(job, ground, rgb.shape[:2]))
 
-    # --- writer threads
-    def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
-        if mask is None:
-            mask = upsample_argmax(logits, *item.rgb.shape[:2])
-        job = item.job
-        row = self.decide(job, mask, item.ground)
-        if "overlay" in self.opt.outputs:
-            self.write_overlay(job, item.rgb, mask)
-        data = outputs.geotiff_bytes(mask, item.geo) if item.geo else outputs.encode_image(mask, ".png")
-        outputs.atomic_write(job.mask, data)  # last: its presence marks the image done
-        return {**row, "status": "predicted"}
-
-    def write_overlay(self, job: Job, rgb: np.ndarray, mask: np.ndarray) -> None:
-        info = self.seg.info
-        picture = outputs.overlay(rgb, mask, info.colors, background=info.background)
-        outputs.atomic_write(job.overlay, outputs.encode_image(picture, job.overlay.suffix))
-
-    def summarize_done(self, job: Job) -> dict:
-        """The row of an image done before (its mask exists), without predicting it again: its grid and spray map
-        are redone from the mask for the current settings, and a missing overlay is drawn from the photo and the
-        mask."""
-        if "overlay" in self.opt.outputs and not job.overlay.is_file():
-            with open_checked(job.path) as im:  # decoded before the mask is read: IMAGE_PIXEL_BYTES covers both
-                ground, rgb = ground_of(im, self.opt.ground), rgb_pixels(im)
-            mask = outputs.read_mask(job.mask)
-            if rgb.shape[:2] != mask.shape:
-                raise WeedsegError(f"{job.path} is {rgb.shape[1]} x {rgb.shape[0]} but its mask {job.mask} is "
-                                   f"{mask.shape[1]} x {mask.shape[0]}: the image changed since it was predicted; "
-                                   "delete the mask to predict it again")
-            self.write_overlay(job, rgb, mask)
-            del rgb
-        else:
-            ground, mask = describe_ground(job.path, self.opt.ground), outputs.read_mask(job.mask)
-        return {**self.decide(job, mask, self.note_ground(job, ground)), "status": "done before"}
-
-    def decide(self, job: Job, mask: np.ndarray, ground: Ground) -> dict:
-        """Summary fields of a mask; writes its weed grid and spray map (cells in metres with a GSD and --cell-m)."""
-        row, cells, plan = summarize_mask(mask, self.seg.info.classes, ground, self.opt.spray, self.opt.grid_cell)
-        if "grid" in self.opt.outputs:  # the spray map comes with the grid
-            outputs.atomic_write(job.grid, outputs.grid_csv(cells, plan.spray if plan else None))
-            if plan is not None:
-                write_spray_map(job.spray_map, plan, job.name)
-        return row
-
-    # --- main thread
-    def cost(self, job: Job) -> int:
-        """Bytes `job` holds while in flight (IMAGE_PIXEL_BYTES per image pixel, model_pixel_bytes per model pixel),
-        from its header, which is checked first: size, colour and the model resolution's size (WeedsegError before
-        anything is decoded)."""
-        width, height = image_size(job.path)
-        mw, mh = check_model_pixels(width, height, self.short_side, MAX_MODEL_PIXELS, str(job.path))
-        return IMAGE_PIXEL_BYTES * width * height + model_pixel_bytes(len(self.seg.info.classes)) * mw * mh
-
+    # --- stage 3: the main thread
     def fits_whole(self, item: Prepared) -> bool:
         return max(item.x.shape[1:]) <= self.opt.tile
+
+    def predict_batch(self, batch: list[Prepared]) -> list[np.ndarray]:
+        """Logits of images of one model-input shape in one model call; `model_fields` add to their fields."""
+        x = np.stack([b.x for b in batch])
+        logits = run_padded(self.seg.run, x, self.seg.info.size_multiple)
+        for hook in self.model_fields:
+            for b, extra in zip(batch, hook(x, logits)):
+                b.fields.update(extra)
+        return list(logits)
 
     def predict_large(self, item: Prepared) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Tiled prediction; at native resolution finished rows go straight into the mask (bounded memory)."""
@@ -252,141 +356,229 @@ class Predictor:
             return predict_logits(item.x, self.seg.run, o.tile, o.overlap, o.batch_size, m), None
         return None, predict_mask(item.x, self.seg.run, h, w, o.tile, o.overlap, o.batch_size, m)
 
+    # --- stage 4: writer threads
+    def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
+        """Write a predicted image's outputs, its mask last; returns its summary fields."""
+        if mask is None:
+            mask = upsample_argmax(logits, *item.rgb.shape[:2])
+        result = self.summarize(item.job, mask, item.ground, item.rgb)
+        self.write(result, [k for k in self.opt.outputs if k in IMAGE_OUTPUTS])
+        data = outputs.geotiff_bytes(mask, item.geo) if item.geo else pictures.encode_mask(mask)
+        atomic.atomic_write(item.job.mask, data)  # last: with its journal line, it marks the image done
+        return {**result.row, **item.fields}
+
+    def refresh(self, job: Job, fields: dict, kinds: list[str]) -> dict:
+        """The summary fields of an image done before, its outputs `kinds` made again from its mask (and photo, for
+        one drawn on it) without predicting; `fields` are its journal row's, kept where the settings allow."""
+        if any(IMAGE_OUTPUTS[k].needs_photo for k in kinds):
+            with open_checked(job.path) as im:  # decoded before the mask is read: IMAGE_PIXEL_BYTES covers both
+                ground, rgb = ground_of(im, self.opt.ground), rgb_pixels(im)
+        else:
+            ground, rgb = describe_ground(job.path, self.opt.ground), None
+        mask = pictures.read_mask(job.mask)
+        if rgb is not None and rgb.shape[:2] != mask.shape:
+            raise WeedsegError(f"{job.path} is {rgb.shape[1]} x {rgb.shape[0]} but its mask {job.mask} is "
+                               f"{mask.shape[1]} x {mask.shape[0]}: delete the mask to predict it again")
+        result = self.summarize(job, mask, self.note_ground(job, ground), rgb)
+        self.write(result, kinds)
+        return {**fields, **result.row}
+
+    def summarize(self, job: Job, mask: np.ndarray, ground: Ground, rgb: np.ndarray | None) -> Result:
+        row, cells, plan = summarize_mask(mask, self.seg.info.classes, ground, self.opt.spray, self.opt.grid_cell)
+        return Result(job, mask, ground, row, cells, plan, rgb)
+
+    def write(self, result: Result, kinds: list[str]) -> None:
+        for kind in kinds:
+            IMAGE_OUTPUTS[kind].write(result, self.seg.info)
+
+    def decide(self, job: Job, mask: np.ndarray, ground: Ground) -> dict:
+        """Summary fields of a mask; writes its weed grid and spray map when --outputs has the grid."""
+        result = self.summarize(job, mask, ground, None)
+        self.write(result, [k for k in ("grid",) if k in self.opt.outputs])
+        return result.row
+
+    # --- all stages
     def run(self, jobs: list[Job], out: Path, on_row: Callable[[Job, dict], None], progress: bool = True,
-            since: int = 0) -> None:
-        """Predict every job (skipping those done at or after `since` unless overwrite); `on_row` gets each image's
-        summary row. The images decoded, predicted or being written hold at most IN_FLIGHT_BYTES at once. A disk that
-        cannot take the outputs (full, read-only) stops the run with a WeedsegError."""
-        bar = tqdm(total=len(jobs), unit="img", desc="predicting", disable=not progress, smoothing=0.1)
-        prefetch = 2 * self.workers + self.opt.batch_size
-        budget, costs = MemoryBudget(IN_FLIGHT_BYTES), {}
-        stopped: list[OSError] = []
+            journal: RunJournal | None = None) -> None:
+        """Predict `jobs` (any subset of a plan) into `out`, skipping those `journal` lists as done unless
+        overwrite; `on_row` gets each image's summary row, in the order images finish, from one thread. The images
+        decoded, predicted or being written hold at most IN_FLIGHT_BYTES at once. A disk that cannot take the
+        outputs (full, read-only) stops the run with a WeedsegError."""
+        Run(self, out, journal).go(jobs, on_row, progress)
 
-        def report(job: Job, fut: Future) -> None:
+
+class Run:
+    """One `Predictor.run`: the state its stages share (memory budget, thread pools, the batch, the reporter)."""
+
+    def __init__(self, predictor: Predictor, out: Path, journal: RunJournal | None) -> None:
+        self.p, self.out, self.journal = predictor, out, journal
+        self.prefetch = 2 * predictor.workers + predictor.opt.batch_size
+        self.budget, self.costs = MemoryBudget(IN_FLIGHT_BYTES), {}
+        self.disk_error: OSError | None = None
+        self.batch: list[Prepared] = []
+        self.writes: deque[Future] = deque()
+        self.reads: deque[tuple[Job, Future]] = deque()
+        self.pending: deque[Job] = deque()
+
+    def go(self, jobs: list[Job], on_row: Callable[[Job, dict], None], progress: bool) -> None:
+        p = self.p
+        self.reporter = Reporter(self.out, p.opt.outputs, on_row, self.journal, p.settings, len(jobs), progress)
+        try:
+            with ThreadPoolExecutor(p.workers, "weedseg-read") as self.readers, \
+                 ThreadPoolExecutor(p.workers, "weedseg-write") as self.writers:
+                routed = self.plan(jobs)
+                self.model_stage()
+                for job, handler in routed:
+                    if self.stopped():
+                        break
+                    self.settle(job, handler)
+                while self.writes:
+                    self.writes.popleft().exception()
+        finally:
             try:
-                row = fut.result()
-            except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
-                row = failure(exc)
-                if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-                    stopped.append(exc)
-            budget.give(costs.pop(job.index, 0))
-            mask = job.mask.relative_to(out).as_posix() if row["status"] != "failed" else ""
-            spray_map = (job.spray_map.relative_to(out).as_posix()
-                         if "spray_cells" in row and "grid" in self.opt.outputs else "")
-            on_row(job, {"image": job.name, "mask": mask, "spray_map": spray_map, **row})
-            bar.update()
+                self.reporter.close()
+            except OSError as exc:  # the journal could not be written
+                if exc.errno not in DISK_ERRNOS:
+                    raise
+                self.disk_error = self.disk_error or exc
+        if self.disk_error is not None:
+            raise WeedsegError(f"cannot write into {self.out} ({self.disk_error.strerror or self.disk_error}): the run "
+                               "stopped; free space or choose another --out, then run the same command again to resume")
 
-        with ThreadPoolExecutor(self.workers, "weedseg-read") as readers, \
-             ThreadPoolExecutor(self.workers, "weedseg-write") as writers:
-            writes: deque[Future] = deque()
+    def stopped(self) -> bool:
+        return self.disk_error is not None or self.reporter.error is not None
 
-            def submit_write(job: Job, fn: Callable, *args) -> None:
-                while len(writes) >= prefetch:
-                    writes.popleft().exception()  # waits; failures are reported by the callback
-                fut = writers.submit(fn, *args)
-                fut.add_done_callback(lambda f, j=job: report(j, f))
-                writes.append(fut)
-
-            def fail_now(job: Job, exc: BaseException) -> None:
-                failed: Future = Future()
-                failed.set_exception(exc)
-                report(job, failed)
-
-            batch: list[Prepared] = []
-
-            def flush() -> None:
-                if not batch:
-                    return
-                try:
-                    logits = run_padded(self.seg.run, np.stack([b.x for b in batch]), self.seg.info.size_multiple)
-                except Exception as exc:  # noqa: BLE001
-                    for b in batch:
-                        fail_now(b.job, exc)
+    # --- stage 1: plan
+    def plan(self, jobs: list[Job]) -> list[tuple[Job, Callable[[Job], dict]]]:
+        """Report the images done before (a writer remakes missing outputs, or the row for changed settings),
+        queue the others for reading; returns the routed ones, handled after the photos."""
+        p, routed = self.p, []
+        kinds = [k for k in p.opt.outputs if k in IMAGE_OUTPUTS]
+        for job in jobs:
+            entry = None if p.opt.overwrite or self.journal is None else \
+                self.journal.finished(job.name, job.path, job.mask)
+            if entry is None:
+                handler = p.route(job)
+                if handler is not None:
+                    routed.append((job, handler))
                 else:
-                    for b, lg in zip(batch, logits):
-                        submit_write(b.job, self.finish, b, lg, None)
-                batch.clear()
+                    self.pending.append(job)
+                continue
+            fields = entry["row"]
+            same = entry.get("settings") == p.settings
+            missing = [k for k in kinds if not same and k == "grid"
+                       or not all(f.is_file() for f in IMAGE_OUTPUTS[k].files(job, fields))]
+            if same and not missing:
+                self.reporter.put(job, fields, "done before", new=False)
+                continue
+            try:
+                width, height = image_size(job.path)
+            except WeedsegError:
+                width = height = 0  # the mask is read and reported all the same
+            self.costs[job.index] = IMAGE_PIXEL_BYTES * width * height  # its mask, and photo for a missing overlay
+            self.budget.take(self.costs[job.index])
+            self.submit_write(job, "done before", p.refresh, job, fields, missing)
+        return routed
 
-            def large(item: Prepared) -> None:
+    # --- stage 2: reads, started by the main thread
+    def read_ahead(self, wait: bool = False) -> None:
+        """Start decoding the next images while their pixels fit (with `wait`, at least one)."""
+        while self.pending and len(self.reads) < self.prefetch and not self.stopped():
+            job = self.pending[0]
+            if job.index not in self.costs:
                 try:
-                    logits, mask = self.predict_large(item)
-                except Exception as exc:  # noqa: BLE001
-                    fail_now(item.job, exc)
-                else:
-                    submit_write(item.job, self.finish, item, logits, mask)
-
-            done = {j.index for j in jobs if not self.opt.overwrite and j.done(since)}  # decided once per job
-            todo = [j for j in jobs if j.index not in done]
-            for job in jobs:
-                if stopped:
-                    break
-                if job.index in done:
-                    try:
-                        width, height = image_size(job.path)
-                    except WeedsegError:
-                        width = height = 0  # the mask is read and reported all the same
-                    costs[job.index] = IMAGE_PIXEL_BYTES * width * height  # its mask, and photo for a missing overlay
-                    budget.take(costs[job.index])
-                    submit_write(job, self.summarize_done, job)
-            reads: deque[tuple[Job, Future]] = deque()
-            pending = deque(todo)
-
-            def read_ahead(wait: bool = False) -> None:
-                """Start decoding the next images while their pixels fit (with `wait`, at least one)."""
-                while pending and len(reads) < prefetch and not stopped:
-                    job = pending[0]
-                    if job.index not in costs:
-                        try:
-                            costs[job.index] = self.cost(job)
-                        except Exception as exc:  # noqa: BLE001 - refused from its header
-                            pending.popleft()
-                            fail_now(job, exc)
-                            continue
-                    if wait and not reads:
-                        budget.take(costs[job.index])  # the writers give pixels back
-                    elif not budget.try_take(costs[job.index]):
-                        return
-                    reads.append((pending.popleft(), readers.submit(self.prepare, job)))
-
-            read_ahead()
-            while (reads or pending) and not stopped:
-                if not reads:
-                    flush()  # its pixels come back once written
-                    read_ahead(wait=True)
+                    self.costs[job.index] = self.p.cost(job)
+                except Exception as exc:  # noqa: BLE001 - refused from its header
+                    self.pending.popleft()
+                    self.fail(job, exc)
                     continue
-                job, fut = reads.popleft()
-                try:
-                    item = fut.result()
-                except Exception as exc:  # noqa: BLE001
-                    fail_now(job, exc)
-                    read_ahead()
-                    continue
-                finally:
-                    del fut  # it would keep the decoded image alive while the next one is read
-                read_ahead()
-                if not self.fits_whole(item):
-                    flush()
-                    large(item)
-                else:
-                    if batch and batch[0].x.shape != item.x.shape:
-                        flush()
-                    batch.append(item)
-                    if len(batch) >= self.opt.batch_size or not reads:
-                        flush()
-                del item
-            flush()
-            while writes:
-                writes.popleft().exception()
-        bar.close()
-        if stopped:
-            raise WeedsegError(f"cannot write into {out} ({stopped[0].strerror or stopped[0]}): the run stopped; free "
-                               "space or choose another --out, then run the same command again to resume")
+            if wait and not self.reads:
+                self.budget.take(self.costs[job.index])  # the writers give pixels back
+            elif not self.budget.try_take(self.costs[job.index]):
+                return
+            self.reads.append((self.pending.popleft(), self.readers.submit(self.p.prepare, job)))
 
+    # --- stage 3: model
+    def model_stage(self) -> None:
+        """Take decoded images in order, batch those of one shape, run the model and hand results to the writers."""
+        self.read_ahead()
+        while (self.reads or self.pending) and not self.stopped():
+            if not self.reads:
+                self.flush()  # its pixels come back once written
+                self.read_ahead(wait=True)
+                continue
+            job, fut = self.reads.popleft()
+            try:
+                item = fut.result()
+            except Exception as exc:  # noqa: BLE001
+                self.fail(job, exc)
+                self.read_ahead()
+                continue
+            finally:
+                del fut  # it would keep the decoded image alive while the next one is read
+            self.read_ahead()
+            if not self.p.fits_whole(item):
+                self.flush()
+                self.large(item)
+            else:
+                if self.batch and self.batch[0].x.shape != item.x.shape:
+                    self.flush()
+                self.batch.append(item)
+                if len(self.batch) >= self.p.opt.batch_size or not self.reads:
+                    self.flush()
+            del item
+        self.flush()
 
-def failure(exc: BaseException) -> dict:
-    """The summary row fields of an image that failed."""
-    message = str(exc) if isinstance(exc, WeedsegError) else f"{type(exc).__name__}: {exc}"
-    return {"status": "failed", "error": message}
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        try:
+            logits = self.p.predict_batch(batch)
+        except Exception as exc:  # noqa: BLE001
+            for b in batch:
+                self.fail(b.job, exc)
+        else:
+            for b, lg in zip(batch, logits):
+                self.submit_write(b.job, "predicted", self.p.finish, b, lg, None)
+
+    def large(self, item: Prepared) -> None:
+        try:
+            logits, mask = self.p.predict_large(item)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(item.job, exc)
+        else:
+            self.submit_write(item.job, "predicted", self.p.finish, item, logits, mask)
+
+    def settle(self, job: Job, handler: Callable[[Job], dict]) -> None:
+        """A routed file, handled whole on the main thread."""
+        try:
+            fields = handler(job)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(job, exc)
+        else:
+            self.reporter.put(job, fields, "predicted")
+
+    # --- stage 4: writes
+    def submit_write(self, job: Job, status: str, fn: Callable[..., dict], *args) -> None:
+        while len(self.writes) >= self.prefetch:
+            self.writes.popleft().exception()  # waits; the task reports its own failure
+        self.writes.append(self.writers.submit(self.write_task, job, status, fn, *args))
+
+    def write_task(self, job: Job, status: str, fn: Callable[..., dict], *args) -> None:
+        try:
+            fields = fn(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
+            self.fail(job, exc)
+        else:
+            self.budget.give(self.costs.pop(job.index, 0))
+            self.reporter.put(job, fields, status)
+
+    def fail(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS and self.disk_error is None:
+            self.disk_error = exc
+        self.budget.give(self.costs.pop(job.index, 0))
+        self.reporter.put(job, failure(exc), "failed")
 
 
 def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, options: PredictOptions,
@@ -410,15 +602,15 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
     rows: dict[int, dict] = {}
     summary = RunSummary()
     start = time.perf_counter()
-    with claim_output_folder(out, record, options.overwrite) as since:
+    with claim_output_folder(out, record, options.overwrite) as journal:
         try:
-            predictor.run(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress, since)
+            predictor.run(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress, journal)
         finally:  # an interrupted run still records what it finished
             summary.rows = [rows[i] for i in sorted(rows)]
             summary.rows += [{"image": line.split(": ", 1)[0], "status": "failed", "error": line} for line in unreadable]
             summary.seconds = time.perf_counter() - start
             try:
-                outputs.write_summary(out / "summary.csv", summary.rows, seg.info.classes)
+                tables.write_summary(out / "summary.csv", summary.rows, seg.info.classes, predictor.extra_columns)
                 write_run_outputs(out, summary.rows)
             except OSError as exc:
                 raise WeedsegError(f"cannot write {out / 'summary.csv'} ({exc.strerror or exc}); free space or choose "

@@ -11,7 +11,7 @@ import numpy as np
 from .. import WeedsegError
 from ..resources import WEIGHTS_DIR
 from ..tta import tta_logits
-from .engines import choose_faster, open_engine
+from .engines import DEFAULT_ENGINE, choose_faster, open_engine
 from .metadata import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,15 @@ def cpu_count() -> int:
 class Segmenter:
     """An exported weedseg model in an inference engine, with the metadata that says how to feed it.
 
-    `engine`: onnxruntime (the default here), openvino, or auto (the faster one on this machine, see
-    weedseg.infer.engines). `threads`: 0 uses every core this process may use. `spin=False` stops idle
+    `engine`: auto (the default, as for `weedseg predict`: the faster one on this machine, see
+    weedseg.infer.engines), onnxruntime or openvino. `threads`: 0 uses every core this process may use. `spin=False` stops idle
     ONNX Runtime threads from busy-waiting, leaving the cores to the decoding and writing threads of a pipeline.
     `tta`: a test-time augmentation of weedseg.tta: flip (the mean of the logits of each input and of its mirror
     image, twice the model calls), rotate (also the quarter turns of both, 8 calls), or None.
     """
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, spin: bool = True,
-                 engine: str = "onnxruntime", tta: str | None = None) -> None:
+                 engine: str = DEFAULT_ENGINE, tta: str | None = None) -> None:
         self.path = Path(path)
         self.tta = tta
         threads = threads or cpu_count()

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from .. import WeedsegError
-from . import outputs
+from . import atomic, tables
 from .geo import Ground
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,11 @@ class SprayPlan:
     cell_px: int
     min_patch_px: int
     weed: np.ndarray  # uint8 0/1 weed mask without specks
-    cells: list[outputs.GridCell]  # weed cover after dropping specks
+    cells: list[tables.GridCell]  # weed cover after dropping specks
     spray: list[bool]
-    class_pixels: dict[str, int]  # pixels of each class but the background (outputs.area_classes)
+    class_pixels: dict[str, int]  # pixels of each class but the background (tables.area_classes)
 
-    def cell_area_px(self, c: outputs.GridCell) -> int:
+    def cell_area_px(self, c: tables.GridCell) -> int:
         return (c.x1 - c.x0) * (c.y1 - c.y0)
 
     def row(self) -> dict:
@@ -117,23 +117,23 @@ def plan_spray(mask: np.ndarray, classes: list[str], ground: Ground, settings: S
     cell = cell_pixels(ground, settings, grid_cell)
     min_px = min_patch_pixels(ground, settings)
     weed = drop_specks(mask == classes.index("weed"), min_px)
-    cells = outputs.weed_grid(weed, 1, cell)
+    cells = tables.weed_grid(weed, 1, cell)
     spray = [bool(c.weed_pct > 0 and c.weed_pct >= settings.threshold_pct) for c in cells]
     if counts is None:
-        counts = outputs.class_counts(mask, len(classes))  # in strips: a whole-mask bincount holds 8 bytes a pixel
-    areas = outputs.area_classes(classes)
+        counts = tables.class_counts(mask, len(classes))  # in strips: a whole-mask bincount holds 8 bytes a pixel
+    areas = tables.area_classes(classes)
     return SprayPlan(ground, settings, cell, min_px, weed, cells, spray,
                      {name: int(n) for name, n in zip(classes, counts) if name in areas})
 
 
 def summarize_mask(mask: np.ndarray, classes: list[str], ground: Ground, settings: SpraySettings,
-                   grid_cell: int) -> tuple[dict, list[outputs.GridCell], SprayPlan | None]:
+                   grid_cell: int) -> tuple[dict, list[tables.GridCell], SprayPlan | None]:
     """Summary-row fields, weed grid and spray plan of a class-index mask, each computed once. The grid is the
     plan's, measured after dropping specks, so grid.csv and the spray cells agree; no weed class: no grid, no plan."""
-    counts = outputs.class_counts(mask, len(classes))
+    counts = tables.class_counts(mask, len(classes))
     plan = plan_spray(mask, classes, ground, settings, grid_cell, counts)
     cells = plan.cells if plan else []
-    row = outputs.mask_stats(mask.shape, classes, counts, cells)
+    row = tables.mask_stats(mask.shape, classes, counts, cells)
     return ({**row, **plan.row()} if plan else row), cells, plan
 
 
@@ -225,7 +225,7 @@ def spray_map_bytes(plan: SprayPlan, image: str) -> bytes:
 
 def write_spray_map(path: Path, plan: SprayPlan, image: str) -> None:
     """Write the image's spray map GeoJSON atomically."""
-    outputs.atomic_write(path, spray_map_bytes(plan, image))
+    atomic.atomic_write(path, spray_map_bytes(plan, image))
 
 
 def write_run_map(path: Path, maps: list[Path]) -> tuple[int, list[str]]:
@@ -244,7 +244,7 @@ def write_run_map(path: Path, maps: list[Path]) -> tuple[int, list[str]]:
         merged["crs"] = json.loads(crs)
     merged["weedseg"] = {"images": [d["weedseg"]["image"] for d in kept], "herbicide_saving_note": SAVING_NOTE}
     merged["features"] = [f for d in kept for f in d["features"]]
-    outputs.atomic_write(path, json.dumps(merged, separators=(",", ":")).encode())
+    atomic.atomic_write(path, json.dumps(merged, separators=(",", ":")).encode())
     return len(kept), [d["weedseg"]["image"] for d in docs if json.dumps(d.get("crs")) != crs]
 
 
@@ -256,7 +256,7 @@ def write_run_outputs(out: Path, rows: list[dict]) -> dict:
         for stale in ("spray_summary.json", "spray_map.geojson"):
             (out / stale).unlink(missing_ok=True)
         return totals
-    outputs.atomic_write(out / "spray_summary.json", json.dumps(totals, indent=1).encode())
+    atomic.atomic_write(out / "spray_summary.json", json.dumps(totals, indent=1).encode())
     maps = [out / r["spray_map"] for r in rows if r.get("spray_map")]
     merged, left_out = write_run_map(out / "spray_map.geojson", maps)
     log.info("spray %d of %d cells: %.1f %% of the area; herbicide saving %.1f %% (estimate); %s",
