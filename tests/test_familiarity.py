@@ -3,19 +3,28 @@ without torch, flagged in predict's summary.csv and run log."""
 
 from __future__ import annotations
 
-import onnx
+import csv
+import logging
+
+import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from weedseg import WeedsegError
-from weedseg.checkpoint import familiarity_stats, load_checkpoint, model_from_checkpoint
+from weedseg.checkpoint import familiarity_stats, load_checkpoint, model_from_checkpoint, model_metadata, save_checkpoint
 from weedseg.data import LabelledData
-from weedseg.export import export_onnx, int8_path, quantize_int8
+from weedseg.data.io import read_rgb
+from weedseg.data.transforms import normalize, resize_short_side
+from weedseg.export import export_onnx, int8_path, quantize_int8, save_with_metadata
 from weedseg.familiarity import FEATURES_OUTPUT, FamiliarityStats, flagged_message, judge
 from weedseg.familiarity.fit import add_familiarity, fit_stats, pooled_features
 from weedseg.infer.metadata import ModelInfo, read_model_info
+from weedseg.infer.pipeline import PredictOptions, predict_path
+from weedseg.infer.session import Segmenter
+from weedseg.models import create_model
 
 
 def test_fit_scores_familiar_features_high_and_foreign_ones_flagged():
@@ -48,36 +57,42 @@ def test_flag_message_says_how_many_in_plain_words():
     assert flagged_message(0, 4, "peanut") == "all 4 photos look like the peanut fields this model learned from"
 
 
-@pytest.fixture()
-def fitted(random_checkpoint, peanut, tmp_path):
-    """The random model with statistics fitted on 12 train and 4 val peanut photos, exported to ONNX (FP32, INT8)."""
-    small = LabelledData(peanut.layout, {"train": peanut.splits["train"][:12], "val": peanut.splits["val"][:4]})
-    stats = add_familiarity(random_checkpoint, small, "peanut", tmp_path / "fitted.pt", short_side=128)
-    ckpt = load_checkpoint(tmp_path / "fitted.pt")
-    onnx_path = tmp_path / "fitted.onnx"
-    export_onnx(ckpt, onnx_path, 128)
-    quantize_int8(onnx_path, int8_path(onnx_path), small, "train", images=2)
-    return ckpt, stats, onnx_path
+@pytest.fixture(scope="module")
+def fitted(peanut, tmp_path_factory):
+    """An untrained compact model with statistics fitted on 8 train and 3 val peanut photos at short side 128,
+    exported to ONNX (FP32 and INT8); the checkpoint before fitting is `random.pt` beside it."""
+    tmp = tmp_path_factory.mktemp("familiarity")
+    meta = model_metadata("unet-resnet18-quarter", 3, peanut.classes, peanut.colors, [0.49, 0.51, 0.43], [0.26, 0.27, 0.25])
+    save_checkpoint(tmp / "random.pt", create_model("unet-resnet18-quarter", 3), meta)
+    small = LabelledData(peanut.layout, {"train": peanut.splits["train"][:8], "val": peanut.splits["val"][:3]})
+    stats = add_familiarity(tmp / "random.pt", small, "peanut", tmp / "fitted.pt", short_side=128)
+    ckpt = load_checkpoint(tmp / "fitted.pt")
+    export_onnx(ckpt, tmp / "fitted.onnx", 128)
+    quantize_int8(tmp / "fitted.onnx", int8_path(tmp / "fitted.onnx"), small, "train", images=2)
+    return ckpt, stats, tmp / "fitted.onnx"
 
 
-def test_stats_travel_in_checkpoint_onnx_and_int8(fitted, random_checkpoint):
+def test_stats_travel_in_checkpoint_onnx_and_int8(fitted):
     ckpt, stats, onnx_path = fitted
+    original = load_checkpoint(onnx_path.with_name("random.pt"))
     assert familiarity_stats(ckpt) == stats and stats.short_side == 128 and stats.field == "peanut"
-    assert familiarity_stats(load_checkpoint(random_checkpoint)) is None  # the original is untouched
-    assert torch.equal(ckpt["state_dict"]["head.1.weight"], load_checkpoint(random_checkpoint)["state_dict"]["head.1.weight"])
+    assert familiarity_stats(original) is None  # fitted into --out: the original is untouched
+    assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in original["state_dict"].items())
     for path in (onnx_path, int8_path(onnx_path)):
         assert read_model_info(str(path)).familiarity == stats
         assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits", FEATURES_OUTPUT]
 
 
-def test_onnx_features_match_torch_so_scores_need_no_torch(fitted):
+def test_onnx_features_match_torch_so_scores_need_no_torch(fitted, peanut):
     ckpt, stats, onnx_path = fitted
-    x = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    norm = ckpt["normalization"]
+    x = torch.stack([normalize(resize_short_side(read_rgb(s.image), 128), norm["mean"], norm["std"])
+                     for s in peanut.splits["test"][:2]])
     with torch.no_grad():
         ref = pooled_features(model_from_checkpoint(ckpt).segment(x)[1]).numpy()
-    for path, tol in ((onnx_path, 1e-4), (int8_path(onnx_path), 0.05)):
+    for path, tol in ((onnx_path, 1e-4), (int8_path(onnx_path), 0.1)):
         logits, feats = ort.InferenceSession(str(path)).run(None, {"image": x.numpy()})
-        assert logits.shape == (2, 3, 128, 160) and feats.shape == (2, stats.dim)
+        assert logits.shape == (2, 3, *x.shape[2:]) and feats.shape == (2, stats.dim)
         assert np.abs(stats.scores(feats) - stats.scores(ref)).max() < tol
 
 
@@ -87,3 +102,38 @@ def test_metadata_without_stats_still_reads(fitted):
     assert ModelInfo.from_props(props, "old.onnx").familiarity is None
     with pytest.raises(WeedsegError, match="familiarity statistics are malformed"):
         ModelInfo.from_props({**props, "weedseg.familiarity": "{}"}, "bad.onnx")
+
+
+def test_predict_scores_every_photo_and_says_how_many_are_flagged(fitted, peanut, tmp_path, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for s in peanut.splits["test"][:3]:
+        cv2.imwrite(str(photos / s.image.name), cv2.resize(cv2.imread(str(s.image)), (192, 144)))
+    with caplog.at_level(logging.INFO, logger="weedseg.infer.pipeline"):
+        rows = predict_path(photos, tmp_path / "out", Segmenter(fitted[2], device="cpu"),
+                            PredictOptions(outputs=("mask",)), progress=False).rows
+    with open(tmp_path / "out" / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["familiarity"] for r in table] == [r["familiarity"] for r in rows] and len(table) == 3
+    assert all(0 < float(r["familiarity"]) <= 1 and r["unfamiliar"] in ("true", "false") for r in table)
+    assert all((float(r["familiarity"]) < 0.5) == (r["unfamiliar"] == "true") for r in table)
+    flagged = sum(r["unfamiliar"] == "true" for r in table)
+    assert sum(f"{flagged} of 3 photos" in r.getMessage() or "all 3 photos look like the peanut" in r.getMessage()
+               for r in caplog.records) == 1
+
+
+def test_a_model_without_stats_still_predicts_and_says_so_once(fitted, peanut, tmp_path, caplog):
+    bare = tmp_path / "bare.onnx"
+    info = read_model_info(str(fitted[2]))
+    save_with_metadata(fitted[2], bare, ModelInfo(**{**info.__dict__, "familiarity": None}))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for s in peanut.splits["test"][:2]:
+        cv2.imwrite(str(photos / s.image.name), cv2.resize(cv2.imread(str(s.image)), (96, 72)))
+    with caplog.at_level(logging.INFO, logger="weedseg.infer.pipeline"):
+        summary = predict_path(photos, tmp_path / "out", Segmenter(bare, device="cpu"),
+                               PredictOptions(outputs=("mask",)), progress=False)
+    assert summary.counts()["predicted"] == 2 and all(r.get("familiarity", "") == "" for r in summary.rows)
+    assert sum("no familiarity statistics" in r.getMessage() for r in caplog.records) == 1
+    with open(tmp_path / "out" / "summary.csv") as f:
+        assert {"familiarity", "unfamiliar"} <= set(next(csv.reader(f)))

@@ -116,6 +116,27 @@ def flagged_message(flagged: int, scored: int, field_name: str) -> str:
             "'unfamiliar' in summary.csv)")
 
 
+COLUMNS = ("familiarity", "unfamiliar")  # summary.csv
+
+
+def verdict_rows(stats: FamiliarityStats | None, features: list[np.ndarray], count: int, pool: bool = False
+                 ) -> list[dict[str, str]]:
+    """The summary fields of `count` images from the feature arrays one model call or several appended (see
+    Segmenter.run); `pool`: all of them are tiles of one image, averaged. Empty fields where nothing is known."""
+    if stats is None or not features:
+        return [{} for _ in range(count)]
+    pooled = np.concatenate(features)
+    if pool:
+        pooled = pooled.mean(axis=0, keepdims=True)
+    return [v.row() for v in judge(stats, pooled)]
+
+
+def count_flagged(rows: list[dict]) -> tuple[int, int]:
+    """(flagged, scored): the summary rows of a run flagged unfamiliar, and those with a familiarity at all."""
+    verdicts = [r.get("unfamiliar") for r in rows if r.get("unfamiliar") in ("true", "false")]
+    return verdicts.count("true"), len(verdicts)
+
+
 UNKNOWN_MESSAGE = ("this model carries no familiarity statistics, so whether the photos look like its training "
                    "photos is unknown (add them with `weedseg familiarity fit CHECKPOINT`, then export again)")
 
