@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -148,7 +148,3 @@ def _b64(array: np.ndarray) -> str:
 def _unb64(text: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text, validate=True), "<f4").reshape(shape).astype(np.float32)
 
-
-def stats_dict(stats: FamiliarityStats) -> dict:
-    """A short description of the stats (no arrays), for reports."""
-    return {k: v for k, v in asdict(stats).items() if k not in ("mean", "precision")} | {"dim": stats.dim}
