@@ -15,6 +15,7 @@ import torch
 
 from weedseg import WeedsegError
 from weedseg.checkpoint import familiarity_stats, load_checkpoint, model_from_checkpoint, model_metadata, save_checkpoint
+from weedseg.cli import main
 from weedseg.data import LabelledData
 from weedseg.data.io import read_rgb
 from weedseg.data.transforms import normalize, resize_short_side
@@ -120,6 +121,9 @@ def test_predict_scores_every_photo_and_says_how_many_are_flagged(fitted, peanut
     flagged = sum(r["unfamiliar"] == "true" for r in table)
     assert sum(f"{flagged} of 3 photos" in r.getMessage() or "all 3 photos look like the peanut" in r.getMessage()
                for r in caplog.records) == 1
+    again = predict_path(photos, tmp_path / "out", Segmenter(fitted[2], device="cpu"),
+                         PredictOptions(outputs=("mask",)), progress=False).rows  # resumed: scores from the journal
+    assert [(r["status"], r["familiarity"]) for r in again] == [("done before", r["familiarity"]) for r in rows]
 
 
 def test_a_model_without_stats_still_predicts_and_says_so_once(fitted, peanut, tmp_path, caplog):
@@ -137,3 +141,14 @@ def test_a_model_without_stats_still_predicts_and_says_so_once(fitted, peanut, t
     assert sum("no familiarity statistics" in r.getMessage() for r in caplog.records) == 1
     with open(tmp_path / "out" / "summary.csv") as f:
         assert {"familiarity", "unfamiliar"} <= set(next(csv.reader(f)))
+
+
+def test_training_fits_familiarity_into_best_pt(trained_run):
+    stats = familiarity_stats(load_checkpoint(trained_run / "best.pt"))
+    assert stats is not None and stats.field == "peanut" and stats.short_side == 256
+    assert stats.fitted_on["val_photos"] == 40 and stats.threshold > 0
+
+
+def test_fit_command_refuses_a_missing_checkpoint_in_one_line(tmp_path, peanut_root, capsys):
+    assert main(["familiarity", "fit", str(tmp_path / "none.pt"), "--data-root", str(peanut_root)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
