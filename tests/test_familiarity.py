@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 from weedseg import WeedsegError
 from weedseg.checkpoint import familiarity_stats, load_checkpoint, model_from_checkpoint, model_metadata, save_checkpoint
@@ -24,7 +25,8 @@ from weedseg.familiarity import FEATURES_OUTPUT, FamiliarityStats, flagged_messa
 from weedseg.familiarity.fit import add_familiarity, fit_stats, pooled_features
 from weedseg.infer.metadata import ModelInfo, read_model_info
 from weedseg.infer.pipeline import PredictOptions, predict_path
-from weedseg.infer.session import Segmenter
+from weedseg.infer.session import DEFAULT_MODEL, Segmenter
+from weedseg.resources import APP_SCRIPT
 from weedseg.models import create_model
 
 
@@ -79,8 +81,11 @@ def test_stats_travel_in_checkpoint_onnx_and_int8(fitted):
     assert familiarity_stats(ckpt) == stats and stats.short_side == 128 and stats.field == "peanut"
     assert familiarity_stats(original) is None  # fitted into --out: the original is untouched
     assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in original["state_dict"].items())
+    assert read_model_info(str(onnx_path)).familiarity == stats
+    int8 = read_model_info(str(int8_path(onnx_path))).familiarity  # fitted again on the INT8 model's own features
+    assert (int8.field, int8.short_side, int8.dim, int8.fitted_on["val_photos"]) == ("peanut", 128, stats.dim, 3)
+    assert int8 != stats
     for path in (onnx_path, int8_path(onnx_path)):
-        assert read_model_info(str(path)).familiarity == stats
         assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits", FEATURES_OUTPUT]
 
 
@@ -94,7 +99,8 @@ def test_onnx_features_match_torch_so_scores_need_no_torch(fitted, peanut):
     for path, tol in ((onnx_path, 1e-4), (int8_path(onnx_path), 0.1)):
         logits, feats = ort.InferenceSession(str(path)).run(None, {"image": x.numpy()})
         assert logits.shape == (2, 3, *x.shape[2:]) and feats.shape == (2, stats.dim)
-        assert np.abs(stats.scores(feats) - stats.scores(ref)).max() < tol
+        own = read_model_info(str(path)).familiarity
+        assert np.abs(own.scores(feats) - stats.scores(ref)).max() < tol
 
 
 def test_metadata_without_stats_still_reads(fitted):
@@ -152,3 +158,15 @@ def test_training_fits_familiarity_into_best_pt(trained_run):
 def test_fit_command_refuses_a_missing_checkpoint_in_one_line(tmp_path, peanut_root, capsys):
     assert main(["familiarity", "fit", str(tmp_path / "none.pt"), "--data-root", str(peanut_root)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_the_page_flags_an_unfamiliar_photo_above_its_masks(monkeypatch):
+    monkeypatch.setenv("WEEDSEG_MODELS", str(DEFAULT_MODEL.parent))  # the shipped default, with its statistics
+    at = AppTest.from_file(str(APP_SCRIPT), default_timeout=60)
+    at.run()
+    assert not at.exception and not at.info  # no "familiarity unknown" note for a model with statistics
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)
+    at.file_uploader[0].set_value([("noise.png", cv2.imencode(".png", noise)[1].tobytes(), "image/png")]).run()
+    assert not at.exception
+    assert len(at.warning) == 1 and "looks unlike the peanut fields this model learned from" in at.warning[0].value
+    assert at.dataframe[-1].value["Unfamiliar"].tolist() == ["true"]  # the table of all images

@@ -24,7 +24,7 @@ from .data.io import read_rgb
 from .data.transforms import resize_short_side
 from .evaluate import model_short_side
 from .familiarity import FEATURES_OUTPUT, UNKNOWN_MESSAGE
-from .familiarity.fit import pooled_features
+from .familiarity.fit import describe_fit, pooled_features, refit_exported
 from .infer.metadata import ModelInfo
 from .infer.session import Segmenter
 from .metrics import ConfusionMatrix
@@ -181,7 +181,8 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, data: LabelledData, sp
 
     Activations are uint8 and weights int8 (U8S8): ONNX Runtime's CPU provider fuses that into
     QLinearConv on x86; with int8 activations most convolutions stayed in float between Q/DQ pairs.
-    The two ends of the network stay FP32 (see `float_ends`).
+    The two ends of the network stay FP32 (see `float_ends`). Familiarity statistics are fitted again on the
+    INT8 model's own features, from `data`'s train and val photos.
     """
     info = Segmenter(fp32_path, device="cpu", engine="onnxruntime").info
     ds = SegmentationDataset(data.layout, data.splits[split], EvalResize(info.input_short_side), info.mean, info.std)
@@ -192,7 +193,11 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, data: LabelledData, sp
         quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=float_ends(prepared))
-        int8 = ModelInfo(**{**info.__dict__, "precision": "int8"})
+        familiarity = (refit_exported(quantized, data, info.familiarity, info.mean, info.std)
+                       if info.familiarity else None)
+        if familiarity:
+            print(f"INT8 model {describe_fit(familiarity)}")
+        int8 = ModelInfo(**{**info.__dict__, "precision": "int8", "familiarity": familiarity})
         save_with_metadata(quantized, out, int8)
     return int8
 

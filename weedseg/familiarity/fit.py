@@ -18,6 +18,8 @@ from ..data import LabelledData
 from ..data.io import read_rgb
 from ..data.transforms import normalize, resize_short_side
 from ..evaluate import model_short_side
+from ..infer.engines import OnnxRuntimeEngine
+from ..infer.session import cpu_count
 from . import PROPS_KEY, THRESHOLD_Z, FamiliarityStats
 
 MIN_VAL_PHOTOS = 3  # the threshold's log-normal needs a spread
@@ -37,6 +39,24 @@ def photo_features(model: nn.Module, photos: list[Path], short_side: int, mean: 
         x = normalize(resize_short_side(read_rgb(path), short_side), mean, std)[None]
         rows.append(pooled_features(model.segment(x)[1])[0].numpy())
     return np.stack(rows).astype(np.float64)
+
+
+def onnx_features(path: Path, photos: list[Path], short_side: int, mean: list[float], std: list[float],
+                  desc: str) -> np.ndarray:
+    """(N, D) pooled features of `photos` from the `features` output of exported model `path`, as predict gets them."""
+    engine = OnnxRuntimeEngine(path, "cpu", cpu_count())
+    rows = [engine.run_features(normalize(resize_short_side(read_rgb(p), short_side), mean, std)[None].numpy())[1][0]
+            for p in tqdm(photos, desc=desc, unit="img", leave=False)]
+    return np.stack(rows).astype(np.float64)
+
+
+def refit_exported(path: Path, data: LabelledData, stats: FamiliarityStats, mean: list[float],
+                   std: list[float]) -> FamiliarityStats:
+    """`stats` fitted again on the features of exported model `path`, e.g. an INT8 copy, whose quantised features
+    sit a little away from the FP32 ones (the same photos and rule: train for the Gaussian, val for the threshold)."""
+    feats = {split: onnx_features(path, [s.image for s in data.splits[split]], stats.short_side, mean, std,
+                                  f"familiarity: {split} photos") for split in ("train", "val")}
+    return fit_stats(feats["train"], feats["val"], stats.field, stats.short_side)
 
 
 def fit_stats(train: np.ndarray, val: np.ndarray, field: str, short_side: int) -> FamiliarityStats:
