@@ -1,6 +1,6 @@
 """Familiarity flag rates on the design sample, and with the statistics fitted on another field (docs/familiarity.md).
 
-    python benchmarks/familiarity.py --checkpoint weedseg/weights/weedseg-peanut-default.pt --data-root ../shared/field_data
+    python benchmarks/familiarity.py --checkpoint models/weedseg-peanut-default.pt --data-root ../shared/field_data
 
 Computes the model's pooled encoder features (at its input resolution) of the peanut train / val / test photos
 and of a seeded random sample of 150 sesame and 150 DeepWeeds photos (the design sample: the photos left out of
@@ -41,7 +41,7 @@ def flag_rate(stats: FamiliarityStats, features: np.ndarray) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default="weedseg/weights/weedseg-peanut-default.pt")
+    parser.add_argument("--checkpoint", default="models/weedseg-peanut-default.pt")
     parser.add_argument("--data-root", help="folder holding peanut/ and unlabeled/ (default: as weedseg finds them)")
     args = parser.parse_args()
     ckpt = load_checkpoint(args.checkpoint)

@@ -81,7 +81,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                                    "schedule; any flag given overrides it. Progress is saved after each validation "
                                    "and at least every 30 s; after Ctrl-C continue with --resume.")
     p.add_argument("--dataset", choices=DATASETS, help="labelled dataset to use (default peanut)")
-    p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, field_data/, ../shared/field_data/)")
+    p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, then field_data/)")
     p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
                    help="cpu: compact model, about 30 min on 2 cores; paper: ResNet-34 U-Net, 500 epochs (GPU)")
     p.add_argument("--out", help="run folder for checkpoints and logs (default: runs/<dataset>-<budget>)")
@@ -130,7 +130,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision (used on CUDA and on CPUs with native bf16)")
     p.add_argument("--init", help="where the weights start: 'field' (default: the shipped field-pretrained model, "
-                                  "weedseg/weights/weedseg-field-pretrained.pt, for unet-resnet18-quarter), 'scratch' "
+                                  "models/weedseg-field-pretrained.pt, for unet-resnet18-quarter), 'scratch' "
                                   "(random weights), or a checkpoint of `weedseg pretrain` or `weedseg train` (encoder "
                                   "and decoder are copied, its normalisation is used; a trained head is matched by "
                                   "class name)")
@@ -217,7 +217,7 @@ def add_tta_arguments(p: argparse.ArgumentParser, flip_gain: str) -> None:
                                                     f"and its mirror image (twice the compute{flip_gain})")
     p.add_argument("--tta-rotate", action="store_true",
                    help="also average over the quarter turns of both: all 8 symmetries of a square (8 times the "
-                        "compute), for photos taken looking straight down (docs/accuracy.md)")
+                        "compute), for photos taken looking straight down (docs/research/accuracy.md)")
 
 
 def tta_mode(args: argparse.Namespace) -> str | None:
@@ -227,9 +227,9 @@ def tta_mode(args: argparse.Namespace) -> str | None:
 
 def metrics_path(args: argparse.Namespace) -> tuple[Path, str]:
     """Where `evaluate` writes its JSON, and why there when not obvious: --out, else next to the checkpoint
-    when that folder is writable and not inside the installed package (the shipped models), else the
+    when that folder is writable and is not the shipped models' folder, else the
     current folder. The name holds the dataset (and a folder dataset's folder name) and split."""
-    from .resources import package_path
+    from .resources import WEIGHTS_DIR
 
     if args.out:
         return Path(args.out), ""
@@ -237,7 +237,7 @@ def metrics_path(args: argparse.Namespace) -> tuple[Path, str]:
     data = args.dataset if args.dataset != "folder" or not args.data_root else f"folder-{Path(args.data_root).resolve().name}"
     name = f"{ckpt.stem}.{data}-{args.split}.json"
     folder = ckpt.resolve().parent
-    if folder.is_relative_to(package_path()):
+    if folder.is_relative_to(WEIGHTS_DIR.resolve()):
         return Path.cwd() / name, " (the current folder: the checkpoint is one shipped with weedseg)"
     if not os.access(folder, os.W_OK):
         return Path.cwd() / name, f" (the current folder: {folder} is not writable)"
@@ -514,7 +514,7 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list(MODELS))
     p.add_argument("--pretrain-images", nargs="+", metavar="FOLDER",
                    help="folders of unlabelled images that pretraining pools with the dataset's train split "
-                        "(e.g. ../shared/field_data/unlabeled); its val and test images are never used")
+                        "(e.g. $WEEDSEG_DATA/unlabeled); its val and test images are never used")
     p.add_argument("--pretrain-epochs", type=int, help="E, epochs per selective step (random: same iterations)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs with all labels (fewer labels: more epochs)")
     p.add_argument("--evals-per-run", type=int, help=f"validation passes per fine-tuning run (default {d.evals_per_run})")
@@ -546,12 +546,12 @@ def add_app_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--address", default="localhost",
                    help="address to listen on (default localhost; 0.0.0.0 serves other machines too)")
-    p.add_argument("--models", help="folder of ONNX models to offer (default: the shipped models in weedseg/weights/; sets $WEEDSEG_MODELS)")
+    p.add_argument("--models", help="folder of ONNX models to offer (default: the shipped models, models/ in a checkout; sets $WEEDSEG_MODELS)")
     p.set_defaults(func=run_app)
 
 
 def app_command(args: argparse.Namespace) -> list[str]:
-    """The `streamlit run` command line that serves the page shipped in weedseg/app/weedseg_app.py."""
+    """The `streamlit run` command line that serves the shipped page (app/weedseg_app.py in a checkout)."""
     from .resources import APP_SCRIPT
 
     if not APP_SCRIPT.is_file():
