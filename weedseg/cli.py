@@ -402,6 +402,12 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="weed patches smaller than this are ignored as specks: cm² with a GSD, pixels without "
                         "(default 0: none)")
     g.add_argument("--patches", action="store_true", help="also draw each weed patch as a polygon in the spray maps")
+    r = p.add_argument_group("on a Ray cluster (docs/cluster.md; pip install 'weedseg[cluster]')")
+    r.add_argument("--ray", metavar="ADDRESS", help="spread the images over a Ray cluster: auto (the cluster this "
+                   "machine belongs to), local (a Ray instance of this machine's own) or HOST:6379; input and --out "
+                   "must be on storage every node mounts at the same path")
+    r.add_argument("--ray-cpus", type=int_in(1), default=1, metavar="N",
+                   help="CPUs per Ray worker: one worker, with one model session, per N CPUs of the cluster")
     p.set_defaults(func=run_predict)
 
 
@@ -414,15 +420,22 @@ def run_predict(args: argparse.Namespace) -> int:
     from .infer.spray import SpraySettings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False, engine=args.engine,
-                    tta=tta_mode(args))
     options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
                              args.overlay_format, args.overwrite, args.workers,
                              GroundOptions(args.gsd, args.altitude, args.sensor_width_mm),
                              SpraySettings(args.spray_threshold, args.min_patch, args.cell_m, args.patches),
                              args.outputs)
     try:
-        summary = predict_path(args.input, args.out, seg, options)
+        if args.ray:
+            from .infer.cluster import RaySettings, predict_on_ray  # imports Ray, which a local run does not need
+
+            settings = RaySettings(args.ray, args.ray_cpus, args.model, args.device, args.engine, args.threads,
+                                   tta_mode(args))
+            summary = predict_on_ray(args.input, args.out, settings, options)
+        else:
+            seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False,
+                            engine=args.engine, tta=tta_mode(args))
+            summary = predict_path(args.input, args.out, seg, options)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished images are kept (see {Path(args.out) / 'summary.csv'}): "
               "run the same command again to resume", file=sys.stderr)
