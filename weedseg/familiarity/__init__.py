@@ -23,7 +23,7 @@ FORMAT = "weedseg.familiarity/1"
 PROPS_KEY = "weedseg.familiarity"  # ONNX metadata_props key and checkpoint key
 FEATURES_OUTPUT = "features"  # the exported model's second output: (N, D) pooled encoder features
 FLAG_BELOW = 0.5  # familiarity under this (distance over the threshold) flags a photo
-OWN_FIELD_DOC = "docs/familiarity.md#your-own-field"
+OWN_FIELD_DOC = "docs/own-field.md"
 THRESHOLD_Z = 2.326  # the threshold is the 99th percentile of a log-normal fitted to the val distances
 
 
