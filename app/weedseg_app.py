@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from weedseg import WeedsegError
+from weedseg.familiarity import OWN_FIELD_DOC, UNKNOWN_MESSAGE
 from weedseg.data.io import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from weedseg.data.transforms import resize_short_side
 from weedseg.infer import pictures, tables
@@ -31,7 +32,8 @@ PREVIEW_SHORT_SIDE = 720  # pictures on the page are shrunk to this; downloads k
 OPTIONS = PredictOptions()  # the same resolution, tiling and grid defaults as `weedseg predict`
 SHOWN = {"image": "Image", "status": "Status", "crop_pct": "Crop %", "weed_pct": "Weed %", "weed_crop_ratio": "Weed : crop",
          "weed_cells": "Cells with weeds", "max_cell_weed_pct": "Most weed in a cell %", "spray_cells": "Cells to spray",
-         "sprayed_pct": "Sprayed %", "weed_m2": "Weed m²", "crop_m2": "Crop m²", "error": "Problem"}
+         "sprayed_pct": "Sprayed %", "weed_m2": "Weed m²", "crop_m2": "Crop m²", "familiarity": "Familiarity",
+         "unfamiliar": "Unfamiliar", "error": "Problem"}
 
 
 TTA_CHOICES = {"Off": None, "Flip (2x the time)": "flip", "Flip and quarter turns (8x the time)": "rotate"}
@@ -161,6 +163,14 @@ def show_spray(res: SegmentedImage, overlay: np.ndarray) -> None:
                          help=f"{row[f'{name}_m2_per_ha']:,.0f} m² per hectare of field imaged")
 
 
+def show_familiarity(res: SegmentedImage, seg: Segmenter) -> None:
+    """A warning above the pictures when the photo looks unlike the photos the model learned from."""
+    if res.familiarity.get("unfamiliar") == "true":
+        st.warning(f"**This photo looks unlike the {seg.familiarity.field} fields this model learned from** "
+                   f"(familiarity {res.familiarity['familiarity']}, flagged below 0.5): crop and weed may be swapped "
+                   f"or missed. Train it on a few of your own photos: see {OWN_FIELD_DOC}.", icon=":material/warning:")
+
+
 def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
     """Numbers, the three pictures with an opacity slider, the weed grid and downloads of one image;
     returns the chosen overlay opacity."""
@@ -243,6 +253,8 @@ def main() -> None:
                "`weedseg predict ORTHO.tif --out OUT` streams one of any size into a mask, spray map and "
                "prescription maps (docs/drone-survey.md).")
     legend(info.classes, info.colors)
+    if seg.familiarity is None:
+        st.info(UNKNOWN_MESSAGE[0].upper() + UNKNOWN_MESSAGE[1:] + ".")
     files = st.file_uploader("Field photos (JPG, PNG, TIFF)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES],
                              accept_multiple_files=True)
     results = segment_all(seg, files or [])
@@ -260,6 +272,7 @@ def main() -> None:
                 st.error(f"`{name}` could not be segmented: {res}")
                 continue
             res.summarize(info.classes, int(grid_cell), gsd or None, spray)
+            show_familiarity(res, seg)
             alphas[name] = show_result(res, seg, name)
     if results:
         show_summary(results, seg, alphas)

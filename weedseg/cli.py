@@ -26,6 +26,7 @@ TRAINING_COMMANDS = {
     "export": "export a checkpoint to ONNX (self-checked against torch; optional INT8)",
     "pretrain": "self-supervised pretraining on unlabeled images (selective or random masking)",
     "experiment": "compare training from scratch, random- and selective-masking pretraining",
+    "familiarity": "add familiarity statistics (what its training photos looked like) to a checkpoint",
 }
 
 
@@ -660,6 +661,33 @@ def run_dataset_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def add_familiarity_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("familiarity", help=TRAINING_COMMANDS["familiarity"],
+                       description="Familiarity statistics let predict and the page flag photos unlike the ones a "
+                                   "model learned from (docs/familiarity.md). `weedseg train` fits them itself; "
+                                   "`weedseg familiarity fit` adds them to an older checkpoint. Export it again "
+                                   "afterwards so its ONNX models carry them.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = actions.add_parser("fit", help="fit the statistics on the model's training photos, threshold on val",
+                           description="Fit a checkpoint's familiarity statistics: its pooled encoder features over "
+                                       "the dataset's train photos at the model's input resolution, and the "
+                                       "threshold on its val photos. Weights are unchanged.")
+    f.add_argument("checkpoint", help="a .pt file written by `weedseg train`")
+    f.add_argument("--dataset", choices=DATASETS, default="peanut", help="the dataset the model was trained on")
+    f.add_argument("--data-root")
+    f.add_argument("--out", help="write the checkpoint with statistics here (default: update CHECKPOINT in place)")
+    f.set_defaults(func=run_familiarity_fit)
+
+
+def run_familiarity_fit(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .familiarity.fit import add_familiarity, field_name
+
+    data = open_dataset(args.dataset, args.data_root)
+    add_familiarity(args.checkpoint, data, field_name(args.dataset, data), args.out)
+    return 0
+
+
 def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suggest", help="rank unlabelled photos: which to label next (uncertainty and diversity)",
                        description="Segment every photo under PHOTOS with the model and list the N to label next: "
@@ -709,7 +737,7 @@ def run_dataset_import(args: argparse.Namespace) -> int:
 SUBCOMMANDS = {"train": add_train_parser, "curves": add_curves_parser, "evaluate": add_evaluate_parser,
                "export": add_export_parser, "predict": add_predict_parser, "pretrain": add_pretrain_parser,
                "experiment": add_experiment_parser, "app": add_app_parser, "dataset": add_dataset_parser,
-               "suggest": add_suggest_parser}
+               "familiarity": add_familiarity_parser, "suggest": add_suggest_parser}
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:

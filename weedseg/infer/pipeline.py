@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .. import WeedsegError
+from .. import WeedsegError, familiarity
 from ..data.io import DECODE_PIXEL_BYTES, MAX_IMAGE_PIXELS, image_size, open_checked, rgb_pixels, scan_images
 from ..data.transforms import resize_short_side
 from . import atomic, pictures, tables
@@ -291,7 +291,12 @@ class Predictor:
         self.settings = options.row_settings()
         self.routes: list[Route] = [OrthoRoute(seg, options)]
         self.model_fields: list[ModelFields] = []
-        self.extra_columns: tuple[str, ...] = ()  # summary.csv columns the hooks above add
+        self.extra_columns: tuple[str, ...] = familiarity.COLUMNS  # summary.csv columns beyond the mask's
+        if seg.familiarity is None:
+            log.warning("%s: %s", seg.path.name, familiarity.UNKNOWN_MESSAGE)
+        elif self.short_side != seg.familiarity.short_side:
+            log.warning("familiarity was measured at short side %s and these photos are segmented at %s: its scores "
+                        "are less reliable", seg.familiarity.short_side, self.short_side)
         self.told: set[object] = set()  # ground sources and resolution warnings already logged (see first_time)
         self._told_lock = threading.Lock()
 
@@ -347,7 +352,10 @@ class Predictor:
     def predict_batch(self, batch: list[Prepared]) -> list[np.ndarray]:
         """Logits of images of one model-input shape in one model call; `model_fields` add to their fields."""
         x = np.stack([b.x for b in batch])
-        logits = run_padded(self.seg.run, x, self.seg.info.size_multiple)
+        features: list[np.ndarray] = []
+        logits = run_padded(lambda b: self.seg.run(b, features), x, self.seg.info.size_multiple)
+        for b, extra in zip(batch, familiarity.verdict_rows(self.seg.familiarity, features, len(batch))):
+            b.fields.update(extra)
         for hook in self.model_fields:
             for b, extra in zip(batch, hook(x, logits)):
                 b.fields.update(extra)
@@ -357,9 +365,17 @@ class Predictor:
         """Tiled prediction; at native resolution finished rows go straight into the mask (bounded memory)."""
         o, m = self.opt, self.seg.info.size_multiple
         h, w = item.x.shape[1:]
+        features: list[np.ndarray] = []  # of every tile: their mean is the image's
+
+        def run(b: np.ndarray) -> np.ndarray:
+            return self.seg.run(b, features)
+
         if (h, w) != item.rgb.shape[:2]:  # upsampled later, in a writer thread
-            return predict_logits(item.x, self.seg.run, o.tile, o.overlap, o.batch_size, m), None
-        return None, predict_mask(item.x, self.seg.run, h, w, o.tile, o.overlap, o.batch_size, m)
+            result = predict_logits(item.x, run, o.tile, o.overlap, o.batch_size, m), None
+        else:
+            result = None, predict_mask(item.x, run, h, w, o.tile, o.overlap, o.batch_size, m)
+        item.fields.update(familiarity.verdict_rows(self.seg.familiarity, features, 1, pool=True)[0])
+        return result
 
     # --- stage 4: writer threads
     def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
@@ -611,6 +627,10 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
     with claim_output_folder(out, record, options.overwrite) as journal:
         try:
             (run_jobs or predictor.run)(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress, journal)
+            flagged, scored = familiarity.count_flagged(list(rows.values()))
+            if scored and seg.familiarity is not None:
+                log.log(logging.WARNING if flagged else logging.INFO,
+                        familiarity.flagged_message(flagged, scored, seg.familiarity.field))
         finally:  # an interrupted run still records what it finished
             summary.rows = [rows[i] for i in sorted(rows)]
             summary.rows += [{"image": line.split(": ", 1)[0], "status": "failed", "error": line} for line in unreadable]
