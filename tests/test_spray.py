@@ -342,7 +342,7 @@ def test_page_spray_controls_map_and_areas(peanut_root, tmp_path, monkeypatch):
     labels = [b.label for b in at.download_button]
     assert "Spray map GeoJSON" in labels and labels.count("Prescription map (Shapefile, zip)") == 1  # the GeoTIFF's
     summary = at.dataframe[-1].value
-    assert list(summary.columns[-5:-1]) == ["Cells to spray", "Sprayed %", "Weed m²", "Crop m²"]
+    assert {"Cells to spray", "Sprayed %", "Weed m²", "Crop m²"} <= set(summary.columns)
 
     inputs = {n.label: n for n in at.sidebar.number_input}
     inputs["Ground sampling distance (cm per pixel)"].set_value(0.5)  # now both images have one
