@@ -25,7 +25,7 @@ from weedseg.infer.image import (SESSION_FILES, SESSION_PIXELS, SegmentedImage, 
                                  zip_bytes)
 from weedseg.infer.pipeline import PredictOptions, failure
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter
-from weedseg.infer.spray import SAVING_NOTE, SpraySettings, draw_spray_cells
+from weedseg.infer.spray import SAVING_NOTE, SpraySettings, draw_spray_cells, shapefile_zip_bytes
 
 MODELS_ENV = "WEEDSEG_MODELS"
 PREVIEW_SHORT_SIDE = 720  # pictures on the page are shrunk to this; downloads keep full resolution
@@ -197,6 +197,10 @@ def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
             continue
         col.download_button(label, data=lambda n=file_name: files()[n], file_name=file_name, mime=mime,
                             on_click="ignore", key=f"dl{suffix}-{key}", icon=":material/download:")
+    if res.plan and res.plan.ground.georef is not None:  # georeferenced: a prescription map for sprayer terminals
+        st.download_button("Prescription map (Shapefile, zip)", lambda: shapefile_zip_bytes(res.plan, res.stem),
+                           f"{res.stem}.spray.zip", "application/zip", on_click="ignore", key=f"dl.shp-{key}",
+                           icon=":material/map:")
     return alpha
 
 
@@ -245,6 +249,9 @@ def main() -> None:
                        f"{SESSION_PIXELS / 1e6:g} megapixels at once.")
     st.write("Drop field photos below. Each one is segmented into "
              f"{', '.join(info.classes)}; the numbers are shares of the image's pixels.")
+    st.caption(f"An orthomosaic over {MAX_IMAGE_PIXELS / 1e6:g} megapixels is too large for the page: "
+               "`weedseg predict ORTHO.tif --out OUT` streams one of any size into a mask, spray map and "
+               "prescription maps (docs/drone-survey.md).")
     legend(info.classes, info.colors)
     if seg.familiarity is None:
         st.info(UNKNOWN_MESSAGE[0].upper() + UNKNOWN_MESSAGE[1:] + ".")

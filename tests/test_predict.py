@@ -27,9 +27,8 @@ from weedseg import WeedsegError
 from weedseg.cli import main
 from weedseg.data.io import read_rgb
 from weedseg.infer import atomic, outdir, pictures, pipeline, session
-from weedseg.infer.geo import GroundOptions, describe_ground
+from weedseg.infer.geo import GroundOptions, describe_ground, read_geo_tags
 from weedseg.infer.metadata import ModelInfo
-from weedseg.infer.outputs import read_geo_tags
 from weedseg.infer.pictures import read_mask
 from weedseg.infer.pipeline import Job, PredictOptions, Predictor, plan_jobs, predict_path
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter

@@ -405,6 +405,15 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="weed patches smaller than this are ignored as specks: cm² with a GSD, pixels without "
                         "(default 0: none)")
     g.add_argument("--patches", action="store_true", help="also draw each weed patch as a polygon in the spray maps")
+    o = p.add_argument_group("orthomosaics (docs/drone-survey.md; needs pip install 'weedseg[geo]')")
+    o.add_argument("--stream", action="store_true", help="stream every GeoTIFF window by window as an orthomosaic "
+                   "(default: those over the 50-megapixel photo limit)")
+    o.add_argument("--bands", type=band_list, metavar="R,G,B",
+                   help="the red, green and blue bands of a multi-band orthomosaic, 1-based (default: from its "
+                        "colour interpretation)")
+    o.add_argument("--input-gsd", type=float, metavar="CM_PER_PIXEL",
+                   help="ground sampling distance the model sees an orthomosaic at (default: the model's training "
+                        "GSD where its card has one, else its photo-to-input ratio)")
     r = p.add_argument_group("on a Ray cluster (docs/cluster.md; pip install 'weedseg[cluster]')")
     r.add_argument("--ray", metavar="ADDRESS", help="spread the images over a Ray cluster: auto (the cluster this "
                    "machine belongs to), local (a Ray instance of this machine's own) or HOST:6379; input and --out "
@@ -418,6 +427,7 @@ def run_predict(args: argparse.Namespace) -> int:
     import logging
 
     from .infer.geo import GroundOptions
+    from .infer.ortho import OrthoOptions
     from .infer.pipeline import PredictOptions, predict_path
     from .infer.session import Segmenter, resolve_model_path
     from .infer.spray import SpraySettings
@@ -428,7 +438,7 @@ def run_predict(args: argparse.Namespace) -> int:
                              args.overlay_format, args.overwrite, args.workers,
                              GroundOptions(args.gsd, args.altitude, args.sensor_width_mm),
                              SpraySettings(args.spray_threshold, args.min_patch, args.cell_m, args.patches),
-                             args.outputs)
+                             args.outputs, OrthoOptions(args.bands, args.input_gsd, args.stream))
     try:
         if args.ray:
             from .infer.cluster import RaySettings, predict_on_ray  # imports Ray, which a local run does not need
@@ -454,6 +464,17 @@ def run_predict(args: argparse.Namespace) -> int:
                                  seg.info.colors, seg.path.name)
         print(f"prelabels for CVAT and Label Studio (COCO RLE, brush predictions): {folder}")
     return 1 if summary.failed else 0
+
+
+def band_list(text: str) -> tuple[int, int, int]:
+    """`--bands 3,2,1` as three 1-based band numbers."""
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) != 3 or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"expected three band numbers from 1, like 1,2,3; got {text!r}")
+    return bands  # type: ignore[return-value]
 
 
 def output_kinds(text: str) -> tuple[str, ...]:

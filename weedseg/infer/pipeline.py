@@ -39,12 +39,15 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import WeedsegError, familiarity
-from ..data.io import DECODE_PIXEL_BYTES, image_size, open_checked, rgb_pixels, scan_images
+from ..data.io import DECODE_PIXEL_BYTES, MAX_IMAGE_PIXELS, image_size, open_checked, rgb_pixels, scan_images
 from ..data.transforms import resize_short_side
-from . import atomic, outputs, pictures, tables
+from . import atomic, pictures, tables
 from .budget import MemoryBudget, return_freed_memory
-from .geo import Ground, GroundOptions, check_resolution, describe_ground, ground_of
+from .field_map import OrthoRoute
+from .geo import (GeoTags, Ground, GroundOptions, check_resolution, describe_ground, geo_tags, geotiff_bytes, ground_of,
+                  read_geo_tags)
 from .metadata import ModelInfo
+from .ortho import OrthoOptions, raster_pixels
 from .outdir import DISK_ERRNOS, RunJournal, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
 from .spray import SprayPlan, SpraySettings, summarize_mask, write_run_outputs, write_spray_map
@@ -157,6 +160,7 @@ class PredictOptions:
     ground: GroundOptions = field(default_factory=GroundOptions)
     spray: SpraySettings = field(default_factory=SpraySettings)
     outputs: tuple[str, ...] = OUTPUTS  # the mask is always written: it marks an image done
+    ortho: OrthoOptions = field(default_factory=OrthoOptions)
 
     def row_settings(self) -> dict:
         """The settings a summary row depends on beyond the run record's (a journal row made with others is
@@ -172,7 +176,7 @@ class Prepared:
     job: Job
     rgb: np.ndarray
     x: np.ndarray  # normalised (3, h, w) at the model's resolution
-    geo: outputs.GeoTags | None
+    geo: GeoTags | None
     ground: Ground
     fields: dict = field(default_factory=dict)  # summary fields from Predictor.model_fields
 
@@ -211,7 +215,8 @@ def plan_jobs(images: list[Path], root: Path, out: Path, overlay_format: str) ->
         if clashes[fold(base)] > 1:
             base = base.with_name(f"{base.name}-{hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]}")
         base = out / base
-        geo_ext = ".tif" if rel.suffix.lower() in (".tif", ".tiff") and outputs.read_geo_tags(path) else ".png"
+        tiff = rel.suffix.lower() in (".tif", ".tiff")
+        geo_ext = ".tif" if tiff and (read_geo_tags(path) or raster_pixels(path) > MAX_IMAGE_PIXELS) else ".png"
         jobs.append(Job(i, path, rel.as_posix(), base.with_name(base.name + ".mask" + geo_ext),
                         base.with_name(f"{base.name}.overlay.{overlay_format}"), base.with_name(base.name + ".grid.csv")))
     return jobs
@@ -284,7 +289,7 @@ class Predictor:
             log.warning("the model's classes (%s) name no soil, background or ground class: overlays tint every "
                         "class and every class gets an area", ", ".join(seg.info.classes))
         self.settings = options.row_settings()
-        self.routes: list[Route] = []
+        self.routes: list[Route] = [OrthoRoute(seg, options)]
         self.model_fields: list[ModelFields] = []
         self.extra_columns: tuple[str, ...] = familiarity.COLUMNS  # summary.csv columns beyond the mask's
         if seg.familiarity is None:
@@ -332,7 +337,7 @@ class Predictor:
         """Decode an image and make its model input; the file is opened once, its header giving the GeoTIFF tags
         and ground units too."""
         with open_checked(job.path) as im:
-            geo = outputs.geo_tags(im) if job.mask.suffix == ".tif" else None
+            geo = geo_tags(im) if job.mask.suffix == ".tif" else None
             ground = ground_of(im, self.opt.ground)
             rgb = rgb_pixels(im)
         small = resize_short_side(rgb, self.short_side)
@@ -379,7 +384,7 @@ class Predictor:
             mask = upsample_argmax(logits, *item.rgb.shape[:2])
         result = self.summarize(item.job, mask, item.ground, item.rgb)
         self.write(result, [k for k in self.opt.outputs if k in IMAGE_OUTPUTS])
-        data = outputs.geotiff_bytes(mask, item.geo) if item.geo else pictures.encode_mask(mask)
+        data = geotiff_bytes(mask, item.geo) if item.geo else pictures.encode_mask(mask)
         atomic.atomic_write(item.job.mask, data)  # last: with its journal line, it marks the image done
         return {**result.row, **item.fields}
 
@@ -471,14 +476,14 @@ class Run:
         p, routed = self.p, []
         kinds = [k for k in p.opt.outputs if k in IMAGE_OUTPUTS]
         for job in jobs:
+            handler = p.route(job)  # a routed file decides itself what is left to do
+            if handler is not None:
+                routed.append((job, handler))
+                continue
             entry = None if p.opt.overwrite or self.journal is None else \
                 self.journal.finished(job.name, job.path, job.mask)
             if entry is None:
-                handler = p.route(job)
-                if handler is not None:
-                    routed.append((job, handler))
-                else:
-                    self.pending.append(job)
+                self.pending.append(job)
                 continue
             fields = entry["row"]
             same = entry.get("settings") == p.settings
