@@ -29,6 +29,7 @@ TRAINING_COMMANDS = {
     "export": "export a checkpoint to ONNX (self-checked against torch; optional INT8)",
     "pretrain": "self-supervised pretraining on unlabeled images (selective or random masking)",
     "experiment": "compare training from scratch, random- and selective-masking pretraining",
+    "familiarity": "add familiarity statistics (what its training photos looked like) to a checkpoint",
 }
 
 
@@ -411,6 +412,15 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="weed patches smaller than this are ignored as specks: cm² with a GSD, pixels without "
                         "(default 0: none)")
     g.add_argument("--patches", action="store_true", help="also draw each weed patch as a polygon in the spray maps")
+    o = p.add_argument_group("orthomosaics (docs/drone-survey.md; needs pip install 'weedseg[geo]')")
+    o.add_argument("--stream", action="store_true", help="stream every GeoTIFF window by window as an orthomosaic "
+                   "(default: those over the 50-megapixel photo limit)")
+    o.add_argument("--bands", type=band_list, metavar="R,G,B",
+                   help="the red, green and blue bands of a multi-band orthomosaic, 1-based (default: from its "
+                        "colour interpretation)")
+    o.add_argument("--input-gsd", type=float, metavar="CM_PER_PIXEL",
+                   help="ground sampling distance the model sees an orthomosaic at (default: the model's training "
+                        "GSD where its card has one, else its photo-to-input ratio)")
     r = p.add_argument_group("on a Ray cluster (docs/cluster.md; pip install 'weedseg[cluster]')")
     r.add_argument("--ray", metavar="ADDRESS", help="spread the images over a Ray cluster: auto (the cluster this "
                    "machine belongs to), local (a Ray instance of this machine's own) or HOST:6379; input and --out "
@@ -424,6 +434,7 @@ def run_predict(args: argparse.Namespace) -> int:
     import logging
 
     from .infer.geo import GroundOptions
+    from .infer.ortho import OrthoOptions
     from .infer.pipeline import PredictOptions, predict_path
     from .infer.session import Segmenter, resolve_model_path
     from .infer.spray import SpraySettings
@@ -434,7 +445,7 @@ def run_predict(args: argparse.Namespace) -> int:
                              args.overlay_format, args.overwrite, args.workers,
                              GroundOptions(args.gsd, args.altitude, args.sensor_width_mm),
                              SpraySettings(args.spray_threshold, args.min_patch, args.cell_m, args.patches),
-                             args.outputs)
+                             args.outputs, OrthoOptions(args.bands, args.input_gsd, args.stream))
     try:
         if args.ray:
             from .infer.cluster import RaySettings, predict_on_ray  # imports Ray, which a local run does not need
@@ -460,6 +471,17 @@ def run_predict(args: argparse.Namespace) -> int:
                                  seg.info.colors, seg.path.name)
         print(f"prelabels for CVAT and Label Studio (COCO RLE, brush predictions): {folder}")
     return 1 if summary.failed else 0
+
+
+def band_list(text: str) -> tuple[int, int, int]:
+    """`--bands 3,2,1` as three 1-based band numbers."""
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) != 3 or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"expected three band numbers from 1, like 1,2,3; got {text!r}")
+    return bands  # type: ignore[return-value]
 
 
 def output_kinds(text: str) -> tuple[str, ...]:
@@ -676,6 +698,33 @@ def run_dataset_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def add_familiarity_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("familiarity", help=TRAINING_COMMANDS["familiarity"],
+                       description="Familiarity statistics let predict and the page flag photos unlike the ones a "
+                                   "model learned from (docs/familiarity.md). `weedseg train` fits them itself; "
+                                   "`weedseg familiarity fit` adds them to an older checkpoint. Export it again "
+                                   "afterwards so its ONNX models carry them.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = actions.add_parser("fit", help="fit the statistics on the model's training photos, threshold on val",
+                           description="Fit a checkpoint's familiarity statistics: its pooled encoder features over "
+                                       "the dataset's train photos at the model's input resolution, and the "
+                                       "threshold on its val photos. Weights are unchanged.")
+    f.add_argument("checkpoint", help="a .pt file written by `weedseg train`")
+    f.add_argument("--dataset", choices=DATASETS, default="peanut", help="the dataset the model was trained on")
+    f.add_argument("--data-root")
+    f.add_argument("--out", help="write the checkpoint with statistics here (default: update CHECKPOINT in place)")
+    f.set_defaults(func=run_familiarity_fit)
+
+
+def run_familiarity_fit(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .familiarity.fit import add_familiarity, field_name
+
+    data = open_dataset(args.dataset, args.data_root)
+    add_familiarity(args.checkpoint, data, field_name(args.dataset, data), args.out)
+    return 0
+
+
 def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suggest", help="rank unlabelled photos: which to label next (uncertainty and diversity)",
                        description="Segment every photo under PHOTOS with the model and list the N to label next: "
@@ -725,7 +774,7 @@ def run_dataset_import(args: argparse.Namespace) -> int:
 SUBCOMMANDS = {"train": add_train_parser, "curves": add_curves_parser, "evaluate": add_evaluate_parser,
                "export": add_export_parser, "predict": add_predict_parser, "pretrain": add_pretrain_parser,
                "experiment": add_experiment_parser, "app": add_app_parser, "dataset": add_dataset_parser,
-               "suggest": add_suggest_parser}
+               "familiarity": add_familiarity_parser, "suggest": add_suggest_parser}
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
