@@ -22,6 +22,7 @@ import filelock
 from .. import WeedsegError
 from ..data.io import RUN_MANIFEST, file_sha256
 from .atomic import atomic_write
+from .vector import PRESCRIPTION_DRIVERS, SHAPEFILE_PARTS
 
 FORMAT = "weedseg.predict-run/1"
 LOCK = ".weedseg-predict.lock"
@@ -31,7 +32,8 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 RUN_TABLES = ("summary.csv", "spray_summary.json", "spray_map.geojson")  # in --out itself
 RUN_FILES = (*RUN_TABLES, RUN_MANIFEST, JOURNAL, LOCK)
 PRELABELS = ("prelabels/coco.json", "prelabels/labelstudio.json")  # weedseg.labels.prelabels, `--outputs prelabels`
-IMAGE_OUTPUTS = (".mask.png", ".mask.tif", ".overlay.jpg", ".overlay.png", ".grid.csv", ".spray.geojson")
+IMAGE_OUTPUTS = (".mask.png", ".mask.tif", ".overlay.jpg", ".overlay.png", ".grid.csv", ".spray.geojson", ".field.json",
+                 *(".spray" + suffix for suffix in SHAPEFILE_PARTS + tuple(PRESCRIPTION_DRIVERS)))  # and GeoTIFFs' maps
 
 log = logging.getLogger(__name__)
 
