@@ -17,7 +17,7 @@ import streamlit as st
 
 from weedseg import WeedsegError
 from weedseg.familiarity import OWN_FIELD_DOC, UNKNOWN_MESSAGE
-from weedseg.data.io import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from weedseg.data.io import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, printable
 from weedseg.data.transforms import resize_short_side
 from weedseg.infer import pictures, tables
 from weedseg.infer.image import (SESSION_FILES, SESSION_PIXELS, SegmentedImage, SessionBudget, colour_mask, cover_grid,
@@ -45,30 +45,30 @@ TTA_HELP = ("Test-time augmentation, as `weedseg predict --tta` / `--tta-rotate`
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
-def load_segmenter(path: str, mtime: float, tta: str | None) -> Segmenter:
-    """The model file in the faster engine here (weedseg.infer.engines), loaded once per file version and TTA
-    setting for all visitors."""
-    return Segmenter(path, engine="auto", tta=tta)
+def load_segmenter(path: bytes, mtime: float, tta: str | None) -> Segmenter:
+    """The model file (its path as bytes: Streamlit's cache cannot hash names that are not UTF-8) in the faster
+    engine here (weedseg.infer.engines), loaded once per file version and TTA setting for all visitors."""
+    return Segmenter(os.fsdecode(path), engine="auto", tta=tta)
 
 
 def choose_model() -> Segmenter:
     """Sidebar model selector over the *.onnx files of the models folder and the TTA choice; stops the page
     if no model loads."""
     folder = Path(os.environ.get(MODELS_ENV) or DEFAULT_MODEL.parent)
-    models = sorted(folder.glob("*.onnx"))
+    models = sorted(m for m in folder.glob("*.onnx") if not m.name.startswith("."))  # hidden: an export's leftovers
     if not models:
         st.error(f"No model found: put an ONNX model from `weedseg export` in {folder} "
                  f"(the default is {DEFAULT_MODEL.name}), or start with `weedseg app --models FOLDER`.")
         st.stop()
-    names = [m.name for m in models]
+    names = [printable(m.name) for m in models]  # a name that is not UTF-8 would break the whole page
     default = names.index(DEFAULT_MODEL.name) if DEFAULT_MODEL.name in names else 0
-    name = st.sidebar.selectbox("Model", names, index=default, help=f"ONNX models in {folder}")
+    name = st.sidebar.selectbox("Model", names, index=default, help=f"ONNX models in {printable(str(folder))}")
     tta = TTA_CHOICES[st.sidebar.selectbox("Test-time augmentation", list(TTA_CHOICES), help=TTA_HELP)]
-    path = folder / name
+    path = models[names.index(name)]
     try:
-        return load_segmenter(str(path), path.stat().st_mtime, tta)
+        return load_segmenter(os.fsencode(path), path.stat().st_mtime, tta)
     except Exception as exc:  # noqa: BLE001 - any unusable model gets a message, not a traceback
-        st.error(f"Cannot use the model {name}: {failure(exc)['error']}")
+        st.error(f"Cannot use the model {name}: {printable(failure(exc)['error'])}")
         st.stop()
 
 
@@ -264,18 +264,22 @@ def main() -> None:
                                          help="cell size for images with a ground sampling distance, e.g. a boom "
                                               "section; the others use the cell in pixels")
     spray = SpraySettings(threshold, OPTIONS.spray.min_patch, cell_m)
-    alphas = {}
+    alphas, shown = {}, []
     for name, res in results:
         with st.container(border=True):
             st.subheader(name)
+            if isinstance(res, SegmentedImage):
+                try:
+                    res.summarize(info.classes, int(grid_cell), gsd or None, spray)
+                    show_familiarity(res, seg)
+                    alphas[name] = show_result(res, seg, name)
+                except Exception as exc:  # noqa: BLE001 - one bad upload must not stop the others, the table or the zip
+                    res = failure(exc)["error"]
             if isinstance(res, str):
                 st.error(f"`{name}` could not be segmented: {res}")
-                continue
-            res.summarize(info.classes, int(grid_cell), gsd or None, spray)
-            show_familiarity(res, seg)
-            alphas[name] = show_result(res, seg, name)
-    if results:
-        show_summary(results, seg, alphas)
+        shown.append((name, res))
+    if shown:
+        show_summary(shown, seg, alphas)
 
 
 main()

@@ -25,37 +25,17 @@ from PIL import Image, ImageOps
 from streamlit.testing.v1 import AppTest
 
 from weedseg import WeedsegError
-from weedseg.checkpoint import load_checkpoint, model_from_checkpoint, model_metadata, save_checkpoint
+from weedseg.checkpoint import load_checkpoint, model_from_checkpoint
 from weedseg.cli import main, metrics_path
 from weedseg.data.io import DECODE_PIXEL_BYTES, RUN_MANIFEST, read_rgb
-from weedseg.export import export_checkpoint, export_onnx, save_with_metadata
+from weedseg.export import export_checkpoint, save_with_metadata
 from weedseg.infer import atomic, image, outdir
 from weedseg.infer.budget import MemoryBudget
 from weedseg.infer.image import SessionBudget, decode_image
 from weedseg.infer.metadata import ModelInfo
 from weedseg.infer.session import Segmenter
-from weedseg.models import create_model
 from weedseg.resources import APP_SCRIPT, WEIGHTS_DIR
 from weedseg.runtime import truncate_log
-
-CLASSES, COLORS = ["soil", "crop", "weed"], [[0, 0, 0], [0, 255, 0], [255, 0, 0]]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """An untrained compact model saved as a weedseg checkpoint."""
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    meta = model_metadata("unet-resnet18-quarter", 3, CLASSES, COLORS, [0.5] * 3, [0.25] * 3)
-    save_checkpoint(path, create_model("unet-resnet18-quarter", 3), meta)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint) -> Path:
-    """That model exported to ONNX at input short side 64 (fast)."""
-    path = checkpoint.with_name("model.onnx")
-    export_onnx(load_checkpoint(checkpoint), path, input_short_side=64)
-    return path
 
 
 def photo(path: Path, size: tuple[int, int] = (96, 64), seed: int = 0) -> Path:

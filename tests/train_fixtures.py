@@ -6,9 +6,29 @@ from pathlib import Path
 
 import pytest
 
-from weedseg.checkpoint import model_metadata, save_checkpoint
+from weedseg.checkpoint import load_checkpoint, model_metadata, save_checkpoint
+from weedseg.export import export_onnx
 from weedseg.models import create_model
 from weedseg.train import TrainConfig, train
+
+SOIL_CROP_WEED, COLORS = ["soil", "crop", "weed"], [[0, 0, 0], [0, 255, 0], [255, 0, 0]]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained compact model saved as a weedseg checkpoint (soil, crop, weed; hostile-input tests)."""
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    meta = model_metadata("unet-resnet18-quarter", 3, SOIL_CROP_WEED, COLORS, [0.5] * 3, [0.25] * 3)
+    save_checkpoint(path, create_model("unet-resnet18-quarter", 3), meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model(checkpoint) -> Path:
+    """That model exported to ONNX at input short side 64 (fast)."""
+    path = checkpoint.with_name("model.onnx")
+    export_onnx(load_checkpoint(checkpoint), path, input_short_side=64)
+    return path
 
 
 @pytest.fixture()

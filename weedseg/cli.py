@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Collection
@@ -17,6 +18,8 @@ from .infer.pipeline import OUTPUTS
 from .infer.metadata import MAX_INPUT_SHORT_SIDE
 from .labels import FORMATS as LABEL_FORMATS
 from .labels.prelabels import PRELABELS
+
+MIN_CROP = 32  # training crops and scoring sizes: one size multiple of the U-Nets at least
 
 # The commands that need PyTorch (`pip install 'weedseg[train]'`) and their one-line help.
 TRAINING_COMMANDS = {
@@ -90,14 +93,15 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
     p.add_argument("--model", choices=list(MODELS))
-    p.add_argument("--iterations", type=int,
+    p.add_argument("--iterations", type=int_in(1),
                    help="budget in optimiser steps, whatever the dataset size (the cpu preset: 8000; on peanut 2800 "
                         "takes a third of the time for about 2 mIoU less, 14000 gained 0.3 val mIoU more)")
     p.add_argument("--epochs", type=int_in(1), help="budget in epochs instead of --iterations (the paper preset: 500)")
-    p.add_argument("--warmup-iterations", type=int,
+    p.add_argument("--warmup-iterations", type=int_in(0),
                    help="with --iterations: warm-up steps (the cpu preset: 350; else an eighth of --iterations)")
     p.add_argument("--batch-size", type=int_in(1))
-    p.add_argument("--crop", type=int, help=f"training crop size in pixels (default {defaults.crop})")
+    p.add_argument("--crop", type=int_in(MIN_CROP, MAX_INPUT_SHORT_SIDE),
+                   help=f"training crop size in pixels (default {defaults.crop})")
     p.add_argument("--crop-zoom", type=comma_floats(2),
                    help="instead of --crop-scale: a crop covers (crop x zoom) pixels of the photo at the "
                         "--eval-short-side resolution, as MIN,MAX (e.g. 0.73,1.45: objects within 0.7-1.4x their "
@@ -107,16 +111,16 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         f"{','.join(map(str, defaults.crop_scale))}; for native-scale crops of a 960x720 photo at "
                         "--crop 256: 0.05,0.2)")
     p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {defaults.lr})")
-    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--warmup-epochs", type=int_in(0))
     p.add_argument("--loss", choices=LOSSES, help="default: focal+dice (cpu preset), jaccard (paper preset)")
     p.add_argument("--class-weights", help="none (default), auto (1/sqrt of class frequency) or numbers, e.g. 1,2,4 "
                    "(auto cost 0.6 val mIoU on peanut: for fields where a class is rare)")
-    p.add_argument("--eval-short-side", type=int, help=f"validation resolution (default {defaults.eval_short_side})")
-    p.add_argument("--eval-every", type=int, help="validate every N epochs (default: about 40 validations per run)")
-    p.add_argument("--smooth-evals", type=int,
+    p.add_argument("--eval-short-side", type=int_in(0, MAX_INPUT_SHORT_SIDE), help=f"validation resolution (default {defaults.eval_short_side})")
+    p.add_argument("--eval-every", type=int_in(1), help="validate every N epochs (default: about 40 validations per run)")
+    p.add_argument("--smooth-evals", type=int_in(1),
                    help=f"best.pt is where the mean of the last N validation mIoUs peaks; the first N-1 count only until "
                         f"N have run (default {defaults.smooth_evals})")
-    p.add_argument("--train-fraction", type=float, help="use only this fraction of the training split (low-data runs)")
+    p.add_argument("--train-fraction", type=fraction, help="use only this fraction of the training split (low-data runs)")
     p.add_argument("--pseudo-labels", nargs="+", metavar="FOLDER",
                    help="train also on the masks `weedseg predict --outputs mask` wrote into FOLDER for unlabelled "
                         "photos of the same field (self-training; photos of the val or test split are left out)")
@@ -128,7 +132,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "symmetries of a square; the cpu preset does, +0.20 val mIoU on peanut in 3 of 3 seeds): for "
                         "photos taken looking down, which have no 'up'; --no-rotate90 for photos taken at a slant")
     p.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
-    p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
+    p.add_argument("--workers", type=int_in(-1), help="data loader processes (default -1: automatic)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision (used on CUDA and on CPUs with native bf16)")
     p.add_argument("--init", help="where the weights start: 'field' (default: the shipped field-pretrained model, "
@@ -189,7 +193,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     scoring = p.add_mutually_exclusive_group()  # one scoring resolution per run
     scoring.add_argument("--full-res", action="store_true",
                          help="score at the original mask resolution (logits upsampled)")
-    scoring.add_argument("--score-short-side", type=int,
+    scoring.add_argument("--score-short-side", type=int_in(1, MAX_INPUT_SHORT_SIDE),
                          help="score on masks resized to this short side (default: the input resolution)")
     add_tta_arguments(p, "")
     p.add_argument("--out", help="JSON file for the metrics (default: <checkpoint>.<dataset>-<split>.json)")
@@ -270,7 +274,7 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
                                    "`weedseg train --init <out>/final.pt`. A --budget preset sets the model and "
                                    "schedule; any flag given overrides it. Ctrl-C keeps the progress: continue "
                                    "with --resume. Runs under torchrun for several processes.")
-    p.add_argument("--method", choices=METHODS, default="selective", help="which cells are masked")
+    p.add_argument("--method", choices=METHODS, help=f"which cells are masked (default {d.method})")
     p.add_argument("--dataset", choices=DATASETS,
                    help="use this dataset's TRAIN split images (default peanut when no --images is given); "
                         "its val and test images are never used")
@@ -286,20 +290,20 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list(MODELS))
     p.add_argument("--epochs", type=int_in(1), help="epochs per selective step, E (random masking trains as many iterations)")
     p.add_argument("--batch-size", type=int_in(1), help="global batch, split over processes")
-    p.add_argument("--crop", type=int, help=f"training crop size (default {d.crop})")
+    p.add_argument("--crop", type=int_in(MIN_CROP, MAX_INPUT_SHORT_SIDE), help=f"training crop size (default {d.crop})")
     p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--partitions", type=int, help=f"P, selective steps (default {d.partitions})")
-    p.add_argument("--draws", type=int, help=f"S, random masks per image when scoring (default {d.draws})")
-    p.add_argument("--mask-ratio", type=float, help=f"fraction of cells masked (default {d.mask_ratio})")
-    p.add_argument("--cells", type=int, help=f"about sqrt(N) cells along the short side (default {d.cells})")
+    p.add_argument("--warmup-epochs", type=int_in(0))
+    p.add_argument("--partitions", type=int_in(1), help=f"P, selective steps (default {d.partitions})")
+    p.add_argument("--draws", type=int_in(1), help=f"S, random masks per image when scoring (default {d.draws})")
+    p.add_argument("--mask-ratio", type=open_fraction, help=f"fraction of cells masked (default {d.mask_ratio})")
+    p.add_argument("--cells", type=int_in(1), help=f"about sqrt(N) cells along the short side (default {d.cells})")
     p.add_argument("--loss", choices=RECON_LOSSES, help=f"reconstruction loss (default {d.loss})")
-    p.add_argument("--score-short-side", type=int, help=f"scoring resolution (default {d.score_short_side})")
-    p.add_argument("--score-batch", type=int, help=f"images per scoring pass (default {d.score_batch})")
-    p.add_argument("--pictures", type=int, help=f"images drawn after every step (default {d.pictures})")
-    p.add_argument("--save-every", type=int, help=f"iterations between resume points (default {d.save_every})")
+    p.add_argument("--score-short-side", type=int_in(MIN_CROP, MAX_INPUT_SHORT_SIDE), help=f"scoring resolution (default {d.score_short_side})")
+    p.add_argument("--score-batch", type=int_in(1), help=f"images per scoring pass (default {d.score_batch})")
+    p.add_argument("--pictures", type=int_in(0), help=f"images drawn after every step (default {d.pictures})")
+    p.add_argument("--save-every", type=int_in(1), help=f"iterations between resume points (default {d.save_every})")
     p.add_argument("--seed", type=int, help="seed for weights, masks, data order and augmentation (default 0)")
-    p.add_argument("--workers", type=int, help="data loader processes (default: automatic)")
+    p.add_argument("--workers", type=int_in(-1), help="data loader processes (default -1: automatic)")
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision (used on CUDA and on CPUs with native bf16)")
     p.set_defaults(func=run_pretrain)
@@ -310,6 +314,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from .ssl.pretrain import PRESETS, PretrainConfig, pretrain
 
     refuse_settings_on_resume(PretrainConfig, args)
+    args.method = args.method or PretrainConfig.method
     if args.dataset is None and not args.images:
         args.dataset = "peanut"
     source = "+".join(([args.dataset] if args.dataset else []) + [Path(f).name for f in args.images or []])
@@ -340,8 +345,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root")
     p.add_argument("--split", choices=SPLITS, default="val", help="split the FP32 and INT8 mIoU are scored on")
     p.add_argument("--calibration-images", type=int_in(1), default=32, help="training images that calibrate INT8")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |ONNX - torch| logit difference")
-    p.add_argument("--train-gsd", type=float, metavar="CM_PER_PIXEL",
+    p.add_argument("--tolerance", type=float_in(0), default=1e-3, help="largest allowed |ONNX - torch| logit difference")
+    p.add_argument("--train-gsd", type=positive_float, metavar="CM_PER_PIXEL",
                    help="ground sampling distance of the training images at --input-short-side, where known; "
                         "predict then warns when an image's is far from it (docs/spray-maps.md)")
     p.set_defaults(func=run_export)
@@ -379,7 +384,9 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="files to write per image (default: all three); the mask is always written, as it marks an "
                         "image done, so `--outputs mask` skips the overlay and grid work; add prelabels for the "
                         "run's masks as COCO RLE and Label Studio predictions in OUT/prelabels/ (docs/labelling.md)")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every image; the outputs of earlier runs in --out are removed first, so it holds "
+                        "this run's alone")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else the CPU")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
@@ -393,15 +400,15 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gsd", type=float, metavar="CM_PER_PIXEL",
                    help="ground sampling distance of every image (default: a GeoTIFF's pixel scale, or EXIF with "
                         "--altitude; without one, areas stay in pixels)")
-    g.add_argument("--altitude", type=float, metavar="M", help="camera height above the ground, for the GSD from "
+    g.add_argument("--altitude", type=positive_float, metavar="M", help="camera height above the ground, for the GSD from "
                    "the EXIF focal length (35 mm equivalent, or with --sensor-width-mm)")
-    g.add_argument("--sensor-width-mm", type=float, metavar="MM",
+    g.add_argument("--sensor-width-mm", type=positive_float, metavar="MM",
                    help="the long side of the camera's sensor, with --altitude")
     g.add_argument("--cell-m", type=float, metavar="M", help="grid cell size in metres, e.g. a boom section "
                    "(images with a GSD; others use --grid-cell pixels)")
-    g.add_argument("--spray-threshold", type=float, default=1.0, metavar="PCT",
+    g.add_argument("--spray-threshold", type=float_in(0, 100), default=1.0, metavar="PCT",
                    help="weed cover of a cell, in percent, from which it is sprayed (default 1)")
-    g.add_argument("--min-patch", type=float, default=0.0, metavar="SIZE",
+    g.add_argument("--min-patch", type=float_in(0), default=0.0, metavar="SIZE",
                    help="weed patches smaller than this are ignored as specks: cm² with a GSD, pixels without "
                         "(default 0: none)")
     g.add_argument("--patches", action="store_true", help="also draw each weed patch as a polygon in the spray maps")
@@ -510,13 +517,43 @@ def int_in(low: int, high: int | None = None):
 
 
 def positive_float(text: str) -> float:
-    """An argparse type: a number above 0, e.g. `--lr 0.001`."""
+    """An argparse type: a finite number above 0, e.g. `--lr 0.001`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def float_in(low: float, high: float | None = None):
+    """An argparse type: a finite number from `low` (up to `high`), e.g. `--spray-threshold` from 0 to 100."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
+            allowed = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {allowed}, got {text}")
+        return value
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number above 0 and at most 1, e.g. `--train-fraction 0.1`."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1, e.g. `--mask-ratio 0.5`."""
+    value = fraction(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and below 1, got {text}")
     return value
 
 
@@ -549,7 +586,7 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
                    help="cpu: compact model, about 2 hours on 2 cores; paper: ResNet-34 U-Net, 1000 pretraining "
                         "epochs per step and 500 fine-tuning epochs (GPU)")
     p.add_argument("--out", help="experiment folder (default: runs/experiment-<dataset>-<budget>)")
-    p.add_argument("--seeds", type=int, help=f"paired seeds 0..N-1 (default {d.seeds})")
+    p.add_argument("--seeds", type=int_in(1), help=f"paired seeds 0..N-1 (default {d.seeds})")
     p.add_argument("--methods", type=lambda s: tuple(s.split(",")),
                    help=f"comma-separated, some of {','.join(METHODS)} (default all)")
     p.add_argument("--fractions", type=comma_fractions,
@@ -558,15 +595,15 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain-images", nargs="+", metavar="FOLDER",
                    help="folders of unlabelled images that pretraining pools with the dataset's train split "
                         "(e.g. $WEEDSEG_DATA/unlabeled); its val and test images are never used")
-    p.add_argument("--pretrain-epochs", type=int, help="E, epochs per selective step (random: same iterations)")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs with all labels (fewer labels: more epochs)")
-    p.add_argument("--evals-per-run", type=int, help=f"validation passes per fine-tuning run (default {d.evals_per_run})")
-    p.add_argument("--crop", type=int, help=f"training crop size (default {d.crop})")
-    p.add_argument("--mask-ratio", type=float, help=f"pretraining: fraction of cells masked (default {d.mask_ratio})")
-    p.add_argument("--cells", type=int, help=f"pretraining: about sqrt(N) cells along the short side (default {d.cells})")
+    p.add_argument("--pretrain-epochs", type=int_in(1), help="E, epochs per selective step (random: same iterations)")
+    p.add_argument("--finetune-epochs", type=int_in(1), help="fine-tuning epochs with all labels (fewer labels: more epochs)")
+    p.add_argument("--evals-per-run", type=int_in(1), help=f"validation passes per fine-tuning run (default {d.evals_per_run})")
+    p.add_argument("--crop", type=int_in(MIN_CROP, MAX_INPUT_SHORT_SIDE), help=f"training crop size (default {d.crop})")
+    p.add_argument("--mask-ratio", type=open_fraction, help=f"pretraining: fraction of cells masked (default {d.mask_ratio})")
+    p.add_argument("--cells", type=int_in(1), help=f"pretraining: about sqrt(N) cells along the short side (default {d.cells})")
     p.add_argument("--init-head", action="store_true", default=None,
                    help="fine-tuning: also copy the pretrained head (default: re-initialise it)")
-    p.add_argument("--jobs", type=int, help="runs at once (default: one per CPU core with one thread each; 1 on a GPU)")
+    p.add_argument("--jobs", type=int_in(0), help="runs at once (default: one per CPU core with one thread each; 1 on a GPU)")
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and chart from finished runs")
     p.set_defaults(func=run_experiment_command)
@@ -586,7 +623,7 @@ def add_app_parser(sub: argparse._SubParsersAction) -> None:
                                    "model from the shipped models (default: weedseg-peanut-default.onnx): overlay, mask, "
                                    "crop and weed cover, weed grid and downloads. Open the printed address in a "
                                    "browser; Ctrl-C stops it. See docs/app.md.")
-    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--port", type=int_in(1, 65535), default=8501, help="port to serve on (default 8501)")
     p.add_argument("--address", default="localhost",
                    help="address to listen on (default localhost; 0.0.0.0 serves other machines too)")
     p.add_argument("--models", help="folder of ONNX models to offer (default: the shipped models, models/ in a checkout; sets $WEEDSEG_MODELS)")
@@ -761,6 +798,8 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `weedseg` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    if hasattr(sys.stdout, "reconfigure"):  # names that are not valid UTF-8 print escaped, not as a traceback
+        sys.stdout.reconfigure(errors="backslashreplace")
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         args = build_parser([command] if command else []).parse_args(argv)

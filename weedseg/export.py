@@ -25,6 +25,7 @@ from .data.transforms import resize_short_side
 from .evaluate import model_short_side
 from .familiarity import FEATURES_OUTPUT, UNKNOWN_MESSAGE
 from .familiarity.fit import describe_fit, pooled_features, refit_exported
+from .infer.atomic import part_path
 from .infer.metadata import ModelInfo
 from .infer.session import Segmenter
 from .metrics import ConfusionMatrix
@@ -74,7 +75,7 @@ def save_with_metadata(src: str | Path, out: str | Path, info: ModelInfo) -> Non
     onnx.helper.set_model_props(model, info.to_props())
     model.producer_name, model.producer_version = "weedseg", __version__
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = part_path(out)
     onnx.save(model, str(tmp))
     os.replace(tmp, out)
 
@@ -217,11 +218,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledDat
     Prints what it measures and raises WeedsegError when ONNX Runtime disagrees with torch beyond
     `tolerance` (max abs logit difference) or on more than 0.1 % of mask pixels.
     """
+    out = Path(out)
+    if out.is_dir():
+        raise WeedsegError(f"--out {out} is a folder; give the model file to write, e.g. --out {out / 'model.onnx'}")
     ckpt = load_checkpoint(checkpoint)
     if input_short_side is None:
         input_short_side = model_short_side(ckpt)
-    out = Path(out)
     q = int8_path(out)
+    if q.is_dir():
+        raise WeedsegError(f"{q}, where the INT8 model of --out {out} goes, is a folder; choose another --out")
     temps = [part_path(out)] + ([part_path(q)] if int8 else [])
     try:
         try:  # before minutes of work, not after
@@ -253,12 +258,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledDat
         for temp, final in zip(temps, [out, q]):  # only now are the old files replaced
             os.replace(temp, final)
             print(f"wrote {final}")
+        if not int8 and q.is_file():  # the INT8 model of the model just replaced: another checkpoint, maybe another size
+            q.unlink()
+            print(f"removed {q}, the INT8 model of the {out.name} this export replaced (export with --int8 to "
+                  "make a new one)")
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
     return report
 
-
-def part_path(path: Path) -> Path:
-    """A temporary name next to `path` (model.onnx -> .model.<pid>.part.onnx) that replaces it once complete."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.part{path.suffix}")

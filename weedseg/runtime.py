@@ -63,10 +63,17 @@ def make_loader(dataset: Dataset, sampler: SeededSampler, batch_size: int, worke
 
 
 def open_run(out: Path, resume: bool, overwrite: bool) -> dict | None:
-    """The resume point <out>/last.pt when `resume`, else None; refuses to start over a run unless `overwrite`."""
+    """The resume point <out>/last.pt when `resume`, else None; refuses to start over a run unless `overwrite`, and
+    an `out` that is a file or cannot be made, before any work."""
+    if out.exists() and not out.is_dir():
+        raise WeedsegError(f"--out {out} is a file; give the folder for the run (it is made if missing)")
     last_path = out / "last.pt"
     if resume:
         return load_checkpoint(last_path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeedsegError(f"cannot make --out {out} ({exc.strerror or exc}); choose a writable folder") from exc
     if last_path.exists() and not overwrite:
         raise WeedsegError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
                            f"afresh, or choose another --out")

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import WeedsegError
 from ..metrics import ConfusionMatrix
-from .io import open_checked
+from .io import open_checked, rgb_pixels
 from .layouts import IGNORE_INDEX, Layout, Sample, get_layout
 from .locate import find_dataset_root
 from .splits import SPLITS, load_split
@@ -42,11 +42,13 @@ def check_dataset(name: str, data_root: str | Path | None = None) -> DatasetChec
         root = find_dataset_root(name, data_root)
         layout = get_layout(name, root)
         samples, no_mask, no_image = layout.pairs()
+        clashes = layout.clashes()
     except WeedsegError as exc:
         report.problems.append(str(exc))
         return report
     report.summary += [f"{name} dataset at {root}", f"classes: {layout.describe_classes()}",
                        f"{len(samples)} images with masks"]
+    report.problems += clashes
     report.problems += [f"image {p} has no mask" for p in no_mask]
     report.problems += [f"mask {p} has no image" for p in no_image]
     if not samples:
@@ -107,10 +109,12 @@ def _split_of(name: str, root: Path, samples: list[Sample], report: DatasetCheck
 
 
 def _check_image(sample: Sample, report: DatasetCheck) -> tuple[tuple[int, int] | None, int]:
-    """(width, height) as weedseg uses the image (EXIF rotation applied) and its EXIF orientation."""
+    """(width, height) as weedseg uses the image (EXIF rotation applied) and its EXIF orientation; the image is
+    decoded whole, as training reads it, so damaged or truncated data is a problem here too."""
     try:
         with open_checked(sample.image) as im:
             (w, h), orientation = im.size, int(im.getexif().get(EXIF_ORIENTATION, 1))
+            rgb_pixels(im)
     except WeedsegError as exc:
         report.problems.append(str(exc))
         return None, 1

@@ -7,9 +7,12 @@ rather than segmented into meaningless results.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +21,7 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps
 
 from .. import WeedsegError
@@ -45,10 +49,12 @@ def file_sha256(path: Path) -> str:
 
 def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """`path` itself if it is a file, else every image below the folder (recursively, sorted), and one
-    'folder: reason' line per sub-folder that could not be listed.
+    'path: reason' line per thing below it that was skipped for a reason the user must hear of: a folder that
+    cannot be listed, a link to nothing or in a loop, a second link to a folder already read.
 
-    Hidden files, anything under `exclude` and folders holding weedseg outputs (RUN_MANIFEST) are
-    skipped; a missing path, an output folder given as input or a folder without images is a WeedsegError.
+    Links to files and folders are followed, each folder read once. Hidden files, anything under `exclude`
+    and folders holding weedseg outputs (RUN_MANIFEST) are skipped; a missing path, an output folder given
+    as input or a folder without images is a WeedsegError.
     """
     path = Path(path)
     if path.is_file():
@@ -57,23 +63,75 @@ def scan_images(path: str | Path, exclude: str | Path | None = None) -> tuple[li
         raise WeedsegError(f"input not found: {path}")
     if (path / RUN_MANIFEST).is_file():
         raise WeedsegError(f"{path} holds the outputs of `weedseg predict` ({RUN_MANIFEST}); give the folder of the photos")
-    skip = Path(exclude).resolve() if exclude else None
+    skip = _folder_key(Path(exclude)) if exclude else None
     found: list[Path] = []
-    unreadable: list[str] = []
+    skipped: list[str] = []
+    read: dict[tuple[int, int], Path] = {}  # (device, inode) of each folder read -> where it was read
 
-    def note(exc: OSError) -> None:
-        unreadable.append(f"{exc.filename}: cannot list this folder ({exc.strerror or exc}); its images were skipped")
-
-    for folder, dirs, names in os.walk(path, onerror=note):
-        here = Path(folder)
-        dirs[:] = [d for d in dirs if not (here / d / RUN_MANIFEST).is_file()
-                   and not (skip and (here / d).resolve() == skip)]
-        found += [here / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")
-                  and (here / n).is_file()]
+    top = path.stat()
+    read[(top.st_dev, top.st_ino)] = path
+    todo = [(path, ((top.st_dev, top.st_ino),))]  # (folder, the folders it is inside), depth first in name order
+    while todo:
+        folder, inside = todo.pop()
+        try:
+            with os.scandir(folder) as entries:
+                names = sorted(e.name for e in entries)
+        except OSError as exc:
+            skipped.append(f"{folder}: cannot list this folder ({exc.strerror or exc}); its images were skipped")
+            continue
+        subfolders = []
+        for name in names:
+            child = folder / name
+            try:
+                st = child.stat()  # follows links
+            except OSError as exc:
+                skipped.append(f"{child}: {_broken_link(child, exc)}; skipped")
+                continue
+            if stat.S_ISREG(st.st_mode):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                    found.append(child)
+                continue
+            if not stat.S_ISDIR(st.st_mode) or os.path.isfile(child / RUN_MANIFEST):  # an earlier --out: skipped
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key == skip:
+                continue
+            if key in inside:
+                skipped.append(f"{child}: links to {child.resolve()}, a folder it is inside (a loop); skipped")
+            elif key in read:
+                skipped.append(f"{child}: the same folder as {read[key]}, whose images are read there; skipped")
+            else:
+                read[key] = child
+                subfolders.append((child, (*inside, key)))
+        todo += reversed(subfolders)
     if not found:
-        detail = f" ({'; '.join(unreadable)})" if unreadable else ""
+        detail = f" ({'; '.join(skipped)})" if skipped else ""
         raise WeedsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}{detail}")
-    return sorted(found), unreadable
+    return sorted(found), skipped
+
+
+def _folder_key(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, which a walk compares cheaply with each folder it meets; None if it is absent."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _broken_link(path: Path, exc: OSError) -> str:
+    """Why `path` (that could not be followed) was skipped."""
+    if not path.is_symlink():
+        return f"cannot be read ({exc.strerror or exc})"
+    if exc.errno == errno.ELOOP:
+        return f"a link in a loop ({os.readlink(path)})"
+    return f"a link to {os.readlink(path)}, which {'does not exist' if exc.errno == errno.ENOENT else 'cannot be read'}"
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes of file names that are not valid UTF-8 (which os.fsdecode keeps as surrogates, so
+    that such files can be opened) written as \\xNN escapes: text that can be written as UTF-8 (summary.csv)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def find_images(path: str | Path, exclude: str | Path | None = None) -> list[Path]:
@@ -148,7 +206,9 @@ def rgb_pixels(im: Image.Image) -> np.ndarray:
     """The pixels of an image opened with `open_checked` (call it inside the `with`, whose checks and messages
     apply) as a read-only HxWx3 uint8 RGB array, EXIF orientation applied (to `im` itself).
 
-    Copied out band by band, so at most DECODE_PIXEL_BYTES a pixel are held at once."""
+    Copied out band by band, so at most DECODE_PIXEL_BYTES a pixel are held at once. A JPEG whose data ends
+    before its pixels do is refused (see `check_jpeg_data`)."""
+    check_jpeg_data(im)
     ImageOps.exif_transpose(im, in_place=True)
     width, height = im.size
     out = np.empty((height, width, 3), np.uint8)
@@ -160,11 +220,48 @@ def rgb_pixels(im: Image.Image) -> np.ndarray:
     return out
 
 
+def check_jpeg_data(im: Image.Image) -> None:
+    """ValueError when a JPEG opened with `open_checked` (not yet decoded) ends before its last pixel row.
+
+    Pillow (like OpenCV) fills the rows such a file lacks with grey and reports nothing: a header that says
+    7000 x 7000 over 960 x 720 pixels of data gave a mask of 6,887 grey rows. The data is entropy-decoded once
+    at an eighth of the size (about 1 ms for 960 x 720) by libjpeg-turbo, whose warnings simplejpeg turns into
+    errors; only a premature end refuses the image (other warnings, such as extra bytes before a marker, are
+    common in camera files and harmless).
+    """
+    if im.format != "JPEG" or im.fp is None:
+        return
+    start = im.fp.tell()
+    im.fp.seek(0)
+    data = im.fp.read()
+    im.fp.seek(start)
+    try:
+        simplejpeg.decode_jpeg(data, min_height=1, min_width=1, min_factor=8, strict=True)
+    except ValueError as exc:
+        if "premature end" in str(exc).lower():
+            raise ValueError(f"its data ends before its {im.width} x {im.height} pixels do: truncated or with a "
+                             f"wrong size in its header ({exc})") from exc
+
+
 def read_label_map(path: str | Path) -> np.ndarray:
-    """Read a label file unchanged: HxW (grey/16-bit) or HxWx3 (colour, returned as RGB)."""
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """Read a label file unchanged: HxW (grey/16-bit) or HxWx3 (colour, returned as RGB).
+
+    The file is read by Python and decoded from memory (OpenCV given a path that is not valid UTF-8 crashed
+    the process), after its size is checked from the header where Pillow can read one."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise WeedsegError(f"cannot read label file {path} ({exc.strerror or exc})") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                check_pixels(*im.size, MAX_IMAGE_PIXELS, f"label file {path}")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        pass  # not a header Pillow reads: OpenCV decides below
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise WeedsegError(f"cannot read label file {path} (missing, corrupt or not an image)")
+        raise WeedsegError(f"cannot read label file {path} (corrupt, truncated or not an image)")
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB)
     return arr

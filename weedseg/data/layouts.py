@@ -7,6 +7,7 @@ and `nassar` follow the published layouts of those datasets (see shared/docs/met
 
 from __future__ import annotations
 
+import codecs
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,10 @@ class Layout:
         """The samples, the images without a mask and the masks without an image (where the layout can tell)."""
         return self.samples(), [], []
 
+    def clashes(self) -> list[str]:
+        """Images or masks that pair ambiguously (where the layout can tell), one line each."""
+        return []
+
     def describe_classes(self) -> str:
         """The class names and how masks encode them, for messages."""
         return ", ".join(f"{name} = {i}" for i, name in enumerate(self.classes))
@@ -106,25 +111,50 @@ class FolderLayout(Layout):
         return f"{pairs} ({self.mask_format} masks){ignored}"
 
     def pairs(self) -> tuple[list[Sample], list[Path], list[Path]]:
+        found, no_mask, no_image, _ = self._pairing()
+        return found, no_mask, no_image
+
+    def clashes(self) -> list[str]:
+        """One line per image whose name differs from another's (or whose mask's from another mask's) only in
+        letter case, so that one mask would pair with several images (0003.jpg, 0003.JPG and 0003.png)."""
+        return self._pairing()[3]
+
+    def _pairing(self) -> tuple[list[Sample], list[Path], list[Path], list[str]]:
+        """Images and masks paired by stem in any letter case: samples, images without a mask, masks without an
+        image and clashes (where names differ only in case, the first image and mask in name order are paired)."""
         img_dir, mask_dir = self.root / self.images, self.root / self.masks
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise self._missing("image or mask folder not found", self._expected())
         image_suffix, mask_suffix = self.image_suffix.lower(), self.mask_suffix.lower()
-        masks = {p.name.lower(): p for p in _visible_files(mask_dir) if p.name.lower().endswith(mask_suffix)}
-        found, no_mask = [], []
-        for image in _visible_files(img_dir):
-            if not image.name.lower().endswith(image_suffix):
+        masks: dict[str, list[Path]] = {}
+        for p in _visible_files(mask_dir):
+            if p.name.lower().endswith(mask_suffix):
+                masks.setdefault(p.name[: len(p.name) - len(mask_suffix)].lower(), []).append(p)
+        images: dict[str, list[Path]] = {}
+        for p in _visible_files(img_dir):
+            if p.name.lower().endswith(image_suffix):
+                images.setdefault(p.name[: len(p.name) - len(image_suffix)].lower(), []).append(p)
+        found, no_mask, clashes = [], [], []
+        for key, group in images.items():
+            candidates = masks.pop(key, None)
+            if candidates is None:
+                no_mask += group
                 continue
-            sid = image.name[: len(image.name) - len(image_suffix)]
-            mask = masks.pop(f"{sid}{self.mask_suffix}".lower(), None)
-            if mask is None:
-                no_mask.append(image)
-            else:
-                found.append(Sample(sid, image, mask))
-        return found, no_mask, sorted(masks.values())
+            if len(group) > 1:
+                clashes.append(f"images {' and '.join(p.name for p in group)} differ only in letter case, so the "
+                               f"mask {candidates[0].name} would pair with each: keep one of them")
+            if len(candidates) > 1:
+                clashes.append(f"masks {' and '.join(p.name for p in candidates)} differ only in letter case and "
+                               f"both fit the image {group[0].name}: keep one of them")
+            found.append(Sample(group[0].name[: len(group[0].name) - len(image_suffix)], group[0], candidates[0]))
+        return found, no_mask, sorted(p for group in masks.values() for p in group), clashes
 
     def samples(self) -> list[Sample]:
-        found, no_mask, _ = self.pairs()
+        found, no_mask, _, clashes = self._pairing()
+        if clashes:
+            raise WeedsegError(f"{self.name} dataset under {self.root}: {clashes[0]}"
+                               + (f" (and {len(clashes) - 1} more; `weedseg dataset check` lists them all)"
+                                  if len(clashes) > 1 else ""))
         if no_mask:
             first = no_mask[0]
             expected = self.root / self.masks / f"{first.name[: len(first.name) - len(self.image_suffix)]}{self.mask_suffix}"
@@ -210,10 +240,26 @@ def folder_layout(root: Path) -> FolderLayout:
             f"folder dataset: {config_path} not found. Write one, for example:\n{FOLDER_TOML_EXAMPLE}"
         )
     try:
-        cfg = tomllib.loads(config_path.read_text())
+        cfg = tomllib.loads(read_utf8(config_path))
     except tomllib.TOMLDecodeError as exc:
         raise WeedsegError(f"{config_path} is not valid TOML: {exc}") from exc
     return FolderLayout(name="folder", root=root, **parse_folder_config(cfg, config_path))
+
+
+def read_utf8(path: Path) -> str:
+    """A text file as UTF-8 (a leading byte-order mark is allowed); any other encoding is a WeedsegError that
+    says to save it as UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeedsegError(f"cannot read {path} ({exc.strerror or exc})") from exc
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise WeedsegError(f"{path} is UTF-16 text; save it as UTF-8 (TOML files are UTF-8)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise WeedsegError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at position {exc.start}: "
+                           "another encoding such as cp1252, or not text at all); save it as UTF-8") from None
 
 
 FOLDER_KEYS = ("images", "masks", "image_suffix", "mask_suffix", "mask_format", "class_map", "classes", "colors",

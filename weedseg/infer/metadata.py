@@ -8,8 +8,12 @@ any image is read.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .. import WeedsegError
 from ..familiarity import PROPS_KEY as FAMILIARITY_KEY
@@ -17,6 +21,7 @@ from ..familiarity import FamiliarityStats
 
 FORMAT = "weedseg.onnx/1"
 MAX_INPUT_SHORT_SIDE = 4096  # a larger model resolution would need gigabytes per image
+MAX_CLASSES = 255  # masks are 8-bit PNGs of class indices
 BACKGROUND_NAMES = ("soil", "background", "ground")  # class names that mean "no plant here" (any letter case)
 
 
@@ -101,11 +106,18 @@ class ModelInfo:
             raise fail(f"metadata missing or malformed ({type(exc).__name__}: {exc})") from exc
         if len(info.classes) < 2 or len(info.colors) != len(info.classes):
             raise fail(f"metadata lists {len(info.classes)} classes but {len(info.colors)} colours")
+        if len(info.classes) > MAX_CLASSES:
+            raise fail(f"metadata lists {len(info.classes)} classes; weedseg masks are 8-bit, so at most {MAX_CLASSES}")
+        repeated = sorted({c for c in info.classes if info.classes.count(c) > 1})
+        if repeated:
+            raise fail(f"metadata names the class{'es' if len(repeated) > 1 else ''} {', '.join(map(repr, repeated))} "
+                       "twice; every class needs its own name")
         if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in info.colors):
             raise fail(f"metadata colours must be RGB triples in 0..255, got {info.colors}")
-        if len(info.mean) != 3 or len(info.std) != 3 or min(info.std) <= 0:
-            raise fail(f"metadata normalisation needs 3 means and 3 positive stds, got {norm}")
-        if info.train_gsd_cm is not None and not info.train_gsd_cm > 0:
+        if (len(info.mean) != 3 or len(info.std) != 3 or not all(math.isfinite(v) for v in info.mean + info.std)
+                or min(info.std) <= 0):
+            raise fail(f"metadata normalisation needs 3 finite means and 3 finite positive stds, got {norm}")
+        if info.train_gsd_cm is not None and not 0 < info.train_gsd_cm < math.inf:
             raise fail(f"metadata train_gsd_cm must be positive, got {info.train_gsd_cm}")
         if not 1 <= info.size_multiple <= 256:
             raise fail(f"metadata size_multiple must be 1..256, got {info.size_multiple}")
@@ -113,6 +125,23 @@ class ModelInfo:
             raise fail(f"metadata input_short_side must be 0 (native) or {info.size_multiple}..{MAX_INPUT_SHORT_SIDE} "
                        f"pixels, got {info.input_short_side}")
         return info
+
+
+def check_output_size(run: Callable[[np.ndarray], np.ndarray], info: ModelInfo, source: str) -> None:
+    """Run a model once on a small input and refuse it (WeedsegError naming `source`) unless its output is one
+    score per class for each input pixel: a model whose output is larger or smaller than its input would give
+    stretched or shifted masks without an error."""
+    m = info.size_multiple
+    h, w = m * math.ceil(64 / m), m * math.ceil(96 / m)
+    try:
+        shape = tuple(run(np.zeros((1, 3, h, w), np.float32)).shape)
+    except Exception as exc:  # noqa: BLE001 - an engine's own error on a malformed graph, said in one line
+        raise WeedsegError(f"{source}: the model fails on a {w} x {h} test input ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); re-export it") from exc
+    if shape != (1, len(info.classes), h, w):
+        raise WeedsegError(f"{source}: for a 1 x 3 x {h} x {w} input the model outputs {' x '.join(map(str, shape))}, "
+                           f"not 1 x {len(info.classes)} x {h} x {w} (one score per class for each input pixel); "
+                           "re-export it with `weedseg export`")
 
 
 def _json(props: dict[str, str], key: str) -> Any:

@@ -5,10 +5,14 @@ row of every image finished (JOURNAL), so a rerun reuses them and predicts only 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
+import os
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +22,20 @@ import filelock
 from .. import WeedsegError
 from ..data.io import RUN_MANIFEST, file_sha256
 from .atomic import atomic_write
+from .vector import PRESCRIPTION_DRIVERS, SHAPEFILE_PARTS
 
 FORMAT = "weedseg.predict-run/1"
 LOCK = ".weedseg-predict.lock"
 JOURNAL = ".weedseg-journal.jsonl"  # one JSON line per image finished, appended as it finishes
 MIN_FREE_BYTES = 100_000_000
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # no image can be written
+RUN_TABLES = ("summary.csv", "spray_summary.json", "spray_map.geojson")  # in --out itself
+RUN_FILES = (*RUN_TABLES, RUN_MANIFEST, JOURNAL, LOCK)
+PRELABELS = ("prelabels/coco.json", "prelabels/labelstudio.json")  # weedseg.labels.prelabels, `--outputs prelabels`
+IMAGE_OUTPUTS = (".mask.png", ".mask.tif", ".overlay.jpg", ".overlay.png", ".grid.csv", ".spray.geojson", ".field.json",
+                 *(".spray" + suffix for suffix in SHAPEFILE_PARTS + tuple(PRESCRIPTION_DRIVERS)))  # and GeoTIFFs' maps
+
+log = logging.getLogger(__name__)
 
 
 def run_record(model: Path, classes: list[str], input_root: Path, options: dict) -> dict:
@@ -66,6 +78,49 @@ def check_record(out: Path, record: dict) -> bool:
         raise WeedsegError(f"{out} holds outputs made with other settings ({'; '.join(diffs)}); choose another --out, "
                            "or pass --overwrite to redo every image with these settings")
     return True
+
+
+def named_as_run_files(images: list[Path], root: Path) -> tuple[list[Path], list[str]]:
+    """The images whose outputs can mirror the input tree below `root` in --out, and one 'folder: reason' line per
+    top folder named as a file of the run in --out (a folder summary.csv/ would need OUT/summary.csv to be a
+    folder): its images are left out, with that line as their row, rather than stop the run without a summary."""
+    reserved = {name.casefold() for name in RUN_FILES}
+    kept, refused = [], Counter()
+    for image in images:
+        parts = image.relative_to(root).parts
+        if len(parts) > 1 and parts[0].casefold() in reserved:
+            refused[parts[0]] += 1
+        else:
+            kept.append(image)
+    return kept, [f"{root / name}: a folder named as {name}, a file every run writes into --out, so its {n} image(s) "
+                  "cannot be mirrored there; rename the folder" for name, n in refused.items()]
+
+
+def remove_earlier_outputs(out: Path, keep: Path) -> int:
+    """For --overwrite: remove the outputs of earlier runs from `out` (files named as predict names them:
+    IMAGE_OUTPUTS anywhere below it, RUN_TABLES and PRELABELS in it), except below `keep` (the input folder, where
+    it is inside `out`) and below folders holding their own RUN_MANIFEST; returns how many were removed. Without
+    this, the new outputs stood beside stale ones of another input folder that summary.csv no longer listed."""
+    run_level = {out / name for name in (*RUN_TABLES, *PRELABELS)}
+    kept = keep.stat() if keep.is_dir() else None
+    removed, todo, folders = 0, [out], []
+    while todo:  # no recursion (os.walk's): output trees can be deeper than Python's recursion limit
+        folder = todo.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    if not (path / RUN_MANIFEST).is_file() and not (kept and os.path.samestat(st, kept)):
+                        todo.append(path)
+                        folders.append(path)
+                elif entry.name.casefold().endswith(IMAGE_OUTPUTS) or path in run_level:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+    for folder in reversed(folders):  # the folders this emptied, deepest first
+        with contextlib.suppress(OSError):  # not empty: it holds files that are not outputs
+            folder.rmdir()
+    return removed
 
 
 def write_probe(out: Path, name: str, data: bytes) -> None:
@@ -169,6 +224,10 @@ def claim_output_folder(out: Path, record: dict, overwrite: bool) -> Iterator[Ru
                                f"{MIN_FREE_BYTES / 1e6:.0f} MB needed); free space or choose another folder")
         for part in out.rglob(".*.part"):  # left by a killed run: this run holds the lock, so none is being written
             part.unlink(missing_ok=True)
+        if overwrite and ((out / RUN_MANIFEST).is_file() or (out / "summary.csv").is_file()):
+            removed = remove_earlier_outputs(out, Path(record["input"]))
+            if removed:
+                log.info("--overwrite: removed %d outputs of the earlier run from %s", removed, out)
         if overwrite or not check_record(out, record):
             write_probe(out, JOURNAL, b"")  # emptied before the manifest says the settings changed
             write_probe(out, RUN_MANIFEST, json.dumps(record, indent=2).encode())

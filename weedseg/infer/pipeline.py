@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -48,7 +49,7 @@ from .geo import (GeoTags, Ground, GroundOptions, check_resolution, describe_gro
                   read_geo_tags)
 from .metadata import ModelInfo
 from .ortho import OrthoOptions, raster_pixels
-from .outdir import DISK_ERRNOS, RunJournal, claim_output_folder, run_record
+from .outdir import DISK_ERRNOS, RunJournal, claim_output_folder, named_as_run_files, run_record
 from .session import Segmenter, cpu_count
 from .spray import SprayPlan, SpraySettings, summarize_mask, write_run_outputs, write_spray_map
 from .tiling import MAX_MODEL_PIXELS, check_model_pixels, predict_logits, predict_mask, run_padded, upsample_argmax
@@ -201,19 +202,23 @@ def plan_jobs(images: list[Path], root: Path, out: Path, overlay_format: str) ->
     <stem>.grid.csv. Names are compared ignoring case, as Windows and macOS volumes do: an image keeps its suffix
     (a.jpg.mask.png) when another one in its folder has the same stem (a.png, A.png) or is named as its stem (a.jpg
     for a.jpg.png), and images whose outputs would still differ only in case (a.jpg, A.JPG) get a short hash of
-    their name too, so no two images ever share an output."""
+    their name too, so no two images ever share an output. An output named as a folder of the tree (a.mask.png
+    for a.jpg beside a folder a.mask.png/) is avoided the same way."""
     rels = [p.relative_to(root) for p in images]
     fold = lambda p: p.as_posix().casefold()  # noqa: E731
     stems, names = Counter(fold(r.with_suffix("")) for r in rels), {fold(r) for r in rels}
+    folders = {fold(parent) for r in rels for parent in r.parents}
+    suffixes = (".mask.png", ".mask.tif", f".overlay.{overlay_format}", ".grid.csv", ".spray.geojson")
+    named_as_folder = lambda base: any(fold(base) + s in folders for s in suffixes)  # noqa: E731
     bases = []
     for rel in rels:
         stem = rel.with_suffix("")
-        bases.append(rel if stems[fold(stem)] > 1 or fold(stem) in names else stem)
+        bases.append(rel if stems[fold(stem)] > 1 or fold(stem) in names or named_as_folder(stem) else stem)
     clashes = Counter(fold(b) for b in bases)
     jobs = []
     for i, (path, rel, base) in enumerate(zip(images, rels, bases)):
-        if clashes[fold(base)] > 1:
-            base = base.with_name(f"{base.name}-{hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]}")
+        if clashes[fold(base)] > 1 or named_as_folder(base):
+            base = base.with_name(f"{base.name}-{hashlib.sha1(os.fsencode(rel.as_posix())).hexdigest()[:8]}")
         base = out / base
         tiff = rel.suffix.lower() in (".tif", ".tiff")
         geo_ext = ".tif" if tiff and (read_geo_tags(path) or raster_pixels(path) > MAX_IMAGE_PIXELS) else ".png"
@@ -616,6 +621,8 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
     images, unreadable = scan_images(input_path, exclude=out)
     return_freed_memory()
     root = input_path if input_path.is_dir() else input_path.parent  # output names are relative to it
+    images, named_as_outputs = named_as_run_files(images, root)
+    unreadable += named_as_outputs
     jobs = plan_jobs(images, root, out, options.overlay_format)
     predictor = Predictor(seg, options)
     record = run_record(seg.path, seg.info.classes, root,

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import WeedsegError
+from ..data.io import printable
 from ..resources import WEIGHTS_DIR
 from ..tta import tta_logits
 from .engines import DEFAULT_ENGINE, choose_faster, open_engine
-from .metadata import ModelInfo
+from .metadata import ModelInfo, check_output_size
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class Segmenter:
     def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, spin: bool = True,
                  engine: str = DEFAULT_ENGINE, tta: str | None = None) -> None:
         self.path = Path(path)
+        if printable(str(self.path)) != str(self.path):  # the engines take paths as UTF-8 text
+            raise WeedsegError(f"{printable(str(self.path))}: the model's path is not valid UTF-8, which the inference "
+                               "engines cannot open; rename the file (or its folder)")
         self.tta = tta
         threads = threads or cpu_count()
         self.engine = open_engine(self.path, engine, device, threads, spin)
@@ -66,6 +70,7 @@ class Segmenter:
         if channels is not None and channels != len(self.info.classes):
             raise WeedsegError(f"{self.path}: the model outputs {channels} classes but its metadata names "
                                f"{len(self.info.classes)} ({', '.join(self.info.classes)}); re-export it")
+        check_output_size(self.engine.run, self.info, str(self.path))
         if engine == "auto":
             self.engine = choose_faster(self.path, self.engine, threads)
         self.provider = self.engine.provider

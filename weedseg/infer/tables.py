@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.io import printable
 from .atomic import atomic_write
 from .metadata import background_class
 from .pictures import strips
@@ -98,4 +99,4 @@ def write_summary(path: Path, rows: list[dict], classes: list[str], extra: tuple
     writer = csv.DictWriter(buf, summary_columns(classes, extra), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, buf.getvalue().encode())
+    atomic_write(path, printable(buf.getvalue()).encode())  # file names that are not UTF-8 as \xNN escapes
