@@ -11,7 +11,9 @@ from PIL import Image
 from .. import WeedsegError
 
 STRIP_PIXELS = 1 << 20  # pixels per strip of rows in full-size work
-MASK_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+# zlib level 1 with the RLE strategy: a class mask is long runs of one value, so its PNG is half the size of zlib's
+# default strategy at level 1 (benchmarks/inference.py --pipeline-cost, docs/inference.md)
+MASK_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 JPEG = [cv2.IMWRITE_JPEG_QUALITY, 90]
 
 
