@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -49,7 +50,7 @@ from weedseg.data.io import read_rgb
 from weedseg.data.locate import find_dataset_root
 from weedseg.data.transforms import resize_short_side
 from weedseg.export import export_checkpoint
-from weedseg.infer import budget, engines, pictures
+from weedseg.infer import budget, engines, pictures, pipeline
 from weedseg.infer.pipeline import PredictOptions, predict_path
 from weedseg.infer.session import Segmenter, cpu_count, resolve_model_path
 from weedseg.infer.tiling import pad_to_multiple, run_padded, upsample_argmax
@@ -120,6 +121,8 @@ TURNED_BACK = {
     "mmap threshold 1 MiB": lambda: mock.patch.object(budget, "MMAP_THRESHOLD", 1 << 20),
     "mask PNG default zlib strategy": lambda: mock.patch.object(pictures, "MASK_PNG", [cv2.IMWRITE_PNG_COMPRESSION, 1]),
 }
+# at a short side of half the photos' or less: the JPEG decoded at full size, then resized
+FULL_DECODE = {"full-size decoding": lambda: mock.patch.object(pipeline, "draft_size", lambda *a: None)}
 
 
 def class_map_upsample(logits: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -171,13 +174,14 @@ def pipeline_cost(args: argparse.Namespace) -> dict:
         prepared = [pad_to_multiple(bare.model_input(resize_short_side(read_rgb(p), short)), 32) for p in photos]
         batches = [np.stack(prepared[i : i + args.batch_size]) for i in range(0, len(prepared), args.batch_size)]
         options = PredictOptions(batch_size=args.batch_size, outputs=("mask",), overwrite=True)
+        small = replace(options, short_side=240)  # under half the photos' 720: decoded at reduced size
 
-        def predict(seg: Segmenter, *turned_back: str):
+        def predict(seg: Segmenter, *turned_back: str, opts: PredictOptions = options):
             def run(_: object) -> None:
                 with contextlib.ExitStack() as stack:
                     for name in turned_back:
-                        stack.enter_context(TURNED_BACK[name]())
-                    predict_path(folder, tmp / "out", seg, options, progress=False)
+                        stack.enter_context({**TURNED_BACK, **FULL_DECODE}[name]())
+                    predict_path(folder, tmp / "out", seg, opts, progress=False)
             return run
 
         def bare_session(_: object) -> None:
@@ -187,7 +191,10 @@ def pipeline_cost(args: argparse.Namespace) -> dict:
         timed = {"bare session ORT FP32": bare_session, "predict": predict(piped),
                  **{f"predict, {name} (as before)": predict(piped, name) for name in TURNED_BACK},
                  "predict, all three as before": predict(piped, *TURNED_BACK),
-                 f"predict --engine auto ({auto.engine.name} {auto.engine.precision})": predict(auto)}
+                 f"predict --engine auto ({auto.engine.name} {auto.engine.precision})": predict(auto),
+                 "predict --short-side 240 (not against the bare session)": predict(piped, opts=small),
+                 "predict --short-side 240, full-size decoding (as before)": predict(piped, "full-size decoding",
+                                                                                    opts=small)}
         rates = interleaved(timed, [None], args.runs, len(photos))
         results["cores"][cores] = {k: {"runs": v, "median": statistics.median(v)} for k, v in rates.items()}
     os.sched_setaffinity(0, allowed)
@@ -201,7 +208,8 @@ def pipeline_cost(args: argparse.Namespace) -> dict:
     for cores, timed in results["cores"].items():
         base = timed["bare session ORT FP32"]["median"]
         for name, r in timed.items():
-            print(f"| {cores} | {name} | {r['median']:.2f} | {100 * r['median'] / base:.0f} % |")
+            share = f"{100 * r['median'] / base:.0f} %" if "short-side" not in name else "-"
+            print(f"| {cores} | {name} | {r['median']:.2f} | {share} |")
     up = results["upsampling"]
     print(f"\nclass map upsampled instead of logits, {up['photos']} labelled photos: masks agree on "
           f"{100 * up['agreement']:.2f} % of pixels; mIoU {100 * up['miou_logits']:.2f} (logits) vs "

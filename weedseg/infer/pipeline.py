@@ -174,7 +174,7 @@ class Prepared:
     """A decoded image and the model input made from it."""
 
     job: Job
-    rgb: np.ndarray  # the photo; decoded at reduced size (`draft_size`) where no output is drawn on it
+    rgb: np.ndarray | None  # the photo where an output is drawn on it (else dropped once the model input is made)
     size: tuple[int, int]  # the photo's full (height, width): the mask's
     x: np.ndarray  # normalised (3, h, w) at the model's resolution
     geo: outputs.GeoTags | None
@@ -359,7 +359,8 @@ class Predictor:
         small = resize_short_side(rgb, self.short_side) if not reduced else \
             rgb if rgb.shape[1::-1] == size else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         x = self.seg.model_input(small)
-        return Prepared(job, rgb, (height, width), x, geo, self.note_ground(job, ground, (height, width)))
+        return Prepared(job, rgb if self.needs_photo else None, (height, width), x, geo,
+                        self.note_ground(job, ground, (height, width)))
 
     # --- stage 3: the main thread
     def fits_whole(self, item: Prepared) -> bool:
