@@ -18,7 +18,9 @@ Prints Markdown tables and writes the numbers as JSON.
 measures predict's own cost instead (no checkpoint needed: the shipped ONNX model or --model):
 `weedseg predict --outputs mask` over peanut photos against the bare ONNX Runtime session on the same
 photos prepared beforehand, on 1 core and on 2 (the process pinned to them, as many engine threads),
-with each speed-up of the pipeline turned back in turn to show what it brings, and `--engine auto`.
+with each speed-up of the pipeline turned back in turn to show what it brings, and `--engine auto`;
+by wall time and by CPU time (all threads: on a shared machine, one core's CPU time gives the rate a
+quiet core would).
 """
 
 from __future__ import annotations
@@ -130,10 +132,11 @@ def class_map_upsample(logits: np.ndarray, height: int, width: int) -> np.ndarra
     return cv2.resize(logits.argmax(0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
-def upsample_agreement(seg: Segmenter, root: Path, count: int) -> dict:
+def upsample_agreement(seg: Segmenter, root: Path) -> dict:
     """Masks from bilinearly upsampled logits (what predict does) against masks from the upsampled class map,
-    on `count` labelled peanut photos: pixel agreement and mIoU against the labels (pooled over the photos)."""
-    photos = sorted((root / "images").glob("*.jpg"))[-count:]
+    on the peanut val photos: pixel agreement and mIoU against the labels (pooled over the photos)."""
+    split = json.loads((Path(__file__).parents[1] / "weedseg" / "data" / "split_files" / "peanut.json").read_text())
+    photos = [root / "images" / f"{i}.jpg" for i in split["val"]]
     inter, union, agree = np.zeros((2, 3)), np.zeros((2, 3)), []
     for photo in photos:
         rgb, label = read_rgb(photo), read_rgb(root / "labels" / f"{photo.stem}.png")
@@ -195,23 +198,33 @@ def pipeline_cost(args: argparse.Namespace) -> dict:
                  "predict --short-side 240 (not against the bare session)": predict(piped, opts=small),
                  "predict --short-side 240, full-size decoding (as before)": predict(piped, "full-size decoding",
                                                                                     opts=small)}
-        rates = interleaved(timed, [None], args.runs, len(photos))
-        results["cores"][cores] = {k: {"runs": v, "median": statistics.median(v)} for k, v in rates.items()}
+        for fn in timed.values():  # warm-up
+            fn(None)
+        rates, cpu_rates = {k: [] for k in timed}, {k: [] for k in timed}
+        for _ in range(args.runs):  # in turns; CPU time of all threads: on one core, what a quiet core would give
+            for name, fn in timed.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                fn(None)
+                rates[name].append(len(photos) / (time.perf_counter() - wall))
+                cpu_rates[name].append(len(photos) / (time.process_time() - cpu))
+        results["cores"][cores] = {k: {"runs": v, "median": statistics.median(v), "cpu_runs": cpu_rates[k],
+                                       "cpu_median": statistics.median(cpu_rates[k])} for k, v in rates.items()}
     os.sched_setaffinity(0, allowed)
-    results["upsampling"] = upsample_agreement(bare, find_dataset_root("peanut", args.data_root), 40)
+    results["upsampling"] = upsample_agreement(bare, find_dataset_root("peanut", args.data_root))
     results["load_after"] = os.getloadavg()[0]
     print(f"{len(photos)} peanut photos, model {model.name}, batch {args.batch_size}, --outputs mask, median of "
           f"{args.runs} runs taken in turns; CPU {results['cpu']}; load {results['load_before']:.2f} before, "
           f"{results['load_after']:.2f} after\n")
-    print("| cores | run | images/s | / bare session |")
-    print("|---|---|---|---|")
+    print("| cores | run | images/s (wall) | / bare session | images per CPU-second | / bare session |")
+    print("|---|---|---|---|---|---|")
     for cores, timed in results["cores"].items():
-        base = timed["bare session ORT FP32"]["median"]
+        base, cpu_base = (timed["bare session ORT FP32"][k] for k in ("median", "cpu_median"))
         for name, r in timed.items():
-            share = f"{100 * r['median'] / base:.0f} %" if "short-side" not in name else "-"
-            print(f"| {cores} | {name} | {r['median']:.2f} | {share} |")
+            share = (f"{100 * r['median'] / base:.0f} %", f"{100 * r['cpu_median'] / cpu_base:.0f} %") \
+                if "short-side" not in name else ("-", "-")
+            print(f"| {cores} | {name} | {r['median']:.2f} | {share[0]} | {r['cpu_median']:.2f} | {share[1]} |")
     up = results["upsampling"]
-    print(f"\nclass map upsampled instead of logits, {up['photos']} labelled photos: masks agree on "
+    print(f"\nclass map upsampled instead of logits, {up['photos']} peanut val photos: masks agree on "
           f"{100 * up['agreement']:.2f} % of pixels; mIoU {100 * up['miou_logits']:.2f} (logits) vs "
           f"{100 * up['miou_class_map']:.2f} (class map)")
     shutil.rmtree(tmp, ignore_errors=True)
