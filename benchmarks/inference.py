@@ -121,7 +121,7 @@ def numpy_model_input(seg: Segmenter, rgb: np.ndarray) -> np.ndarray:
 TURNED_BACK = {
     "normalisation in numpy": lambda: mock.patch.object(Segmenter, "model_input", numpy_model_input),
     "mmap threshold 1 MiB": lambda: mock.patch.object(budget, "MMAP_THRESHOLD", 1 << 20),
-    "mask PNG default zlib strategy": lambda: mock.patch.object(pictures, "MASK_PNG", [cv2.IMWRITE_PNG_COMPRESSION, 1]),
+    "mask PNG with libpng's row filters and zlib's default strategy": lambda: mock.patch.object(pictures, "MASK_PNG", [cv2.IMWRITE_PNG_COMPRESSION, 1]),
 }
 # at a short side of half the photos' or less: the JPEG decoded at full size, then resized
 FULL_DECODE = {"full-size decoding": lambda: mock.patch.object(pipeline, "draft_size", lambda *a: None)}
