@@ -31,25 +31,35 @@ endif
 
 setup: $(BIN)/weedseg
 
-# The main job on the shipped default model: segment the peanut photos, then score the model on
-# the test split. Data: $(WEEDSEG_DATA)/peanut, else ../shared/field_data/peanut. --overwrite: runs/demo
-# is the demo's own, so a rerun after an update (a new shipped model) redoes it instead of refusing.
-DATA ?= $(or $(WEEDSEG_DATA),../shared/field_data)
+# The main job on the shipped default model: segment the peanut photos into runs/demo, then score the
+# model on the test split at full resolution. The peanut dataset is looked for in $(DATA)/peanut
+# (WEEDSEG_DATA, else ../shared/field_data); without it (a fresh clone) the same two steps run on the
+# six test photos shipped in samples/peanut. --overwrite: runs/demo is the demo's own, so a rerun after
+# an update (a new shipped model) redoes it instead of refusing.
+DATA ?= $(abspath $(or $(WEEDSEG_DATA),../shared/field_data))
+MODEL := models/weedseg-peanut-default.pt
 demo: setup
+ifneq ($(wildcard $(DATA)/peanut/images),)
 	$(BIN)/weedseg predict $(DATA)/peanut/images --out runs/demo --overwrite
-	$(BIN)/weedseg evaluate weedseg/weights/weedseg-peanut-default.pt --dataset peanut --split test --full-res --out runs/demo/test-metrics.json
+	$(BIN)/weedseg evaluate $(MODEL) --dataset peanut --data-root $(DATA) --split test --full-res --out runs/demo/test-metrics.json
+else
+	@echo "no peanut dataset in $(DATA): the demo runs on the sample photos in samples/peanut"
+	$(BIN)/weedseg predict samples/peanut/images --out runs/demo --overwrite
+	$(BIN)/weedseg evaluate $(MODEL) --dataset folder --data-root samples/peanut --split test --full-res --out runs/demo/sample-metrics.json
+endif
 
-# The browser test (tests/test_app_browser.py) needs Chromium: installed with apt-get where it can be
-# (Debian CI runs as root); elsewhere that test is skipped.
+# The tests read the peanut dataset in $(DATA) (passed as WEEDSEG_DATA). The browser test
+# (tests/test_app_browser.py) needs Chromium: installed with apt-get where it can be (Debian CI runs as
+# root); elsewhere that test is skipped.
 test: setup
 	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || ! command -v apt-get >/dev/null \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } \
 	  || echo "could not install chromium; the browser test will be skipped"
-	$(BIN)/python -m pytest -q
+	WEEDSEG_DATA=$(DATA) $(BIN)/python -m pytest -q
 
 # The tests without the slow end-to-end ones (wheel install, browser, training runs): a quick check.
 test-quick: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	WEEDSEG_DATA=$(DATA) $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The accuracy runs of docs/accuracy.md that need a GPU, all at once on one GPU (the step is cheap there;
+# The accuracy runs of docs/research/accuracy.md that need a GPU, all at once on one GPU (the step is cheap there;
 # the CPU's augmentation is the limit), then an optional quiet throughput table. Results are scored on the
-# CPU afterwards, at full resolution, from the original photos (docs/accuracy.md says how).
+# CPU afterwards, at full resolution, from the original photos (docs/research/accuracy.md says how).
 #
 #   benchmarks/gpu_run.sh --make-data ../shared/field_data gpu_acc --short-side 480 --quality 85 --unlabeled 0 \
 #       --test-short-side 48      # the test photos only as placeholders: test is scored on the CPU machine

@@ -1,4 +1,4 @@
-"""Tables for docs/accuracy.md from run folders scored by `weedseg evaluate` (eval-val-full.json,
+"""Tables for docs/research/accuracy.md from run folders scored by `weedseg evaluate` (eval-val-full.json,
 eval-test-full.json, eval-test-256.json in each), grouped by name: RUNS/<group>-s<seed>.
 
     python benchmarks/accuracy_report.py RUNS [--pair A B ...]

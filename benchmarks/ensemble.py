@@ -1,5 +1,5 @@
 """Would averaging the logits of several trained models (an ensemble) beat the best of them? A probe for
-docs/accuracy.md; weedseg ships one model.
+docs/research/accuracy.md; weedseg ships one model.
 
     python benchmarks/ensemble.py A/best.pt B/best.pt [...] [--split val] [--data-root ../shared/field_data]
 

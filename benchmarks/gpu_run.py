@@ -13,22 +13,19 @@ vs random vs selective masking, paired seeds, all and 10 % of the peanut labels)
 so that the whole run fits. OUT receives summary.md and gpu_run.tar.gz (logs, JSON results, tables;
 no checkpoints). Working files go to --work. Ctrl-C or SIGTERM stops the stages that are running (each runs in
 its own session, out of reach of the terminal's Ctrl-C) and still writes the summary and the tarball. See
-docs/results.md.
+docs/research/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -47,7 +44,7 @@ from weedseg.data.transforms import resize_short_side
 from weedseg.experiment import ExperimentConfig, run_experiment
 from weedseg.experiment.plan import finetune_schedule
 from weedseg.infer.engines import cpu_name
-from weedseg.processes import sigterm_as_ctrl_c, with_default_sigint
+from weedseg.processes import ChildProcesses, sigterm_as_ctrl_c
 from weedseg.ssl.pretrain import PretrainConfig, plan_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,41 +280,8 @@ class Outcome:
 
 # The stage processes running now. Each leads its own process group in its own session (so that a stage past
 # its limit is stopped with everything it started), which also keeps the terminal's Ctrl-C from reaching it:
-# gpu_run stops them itself when it is interrupted (stop_stages).
-_running: set[subprocess.Popen] = set()
-_running_lock = threading.Lock()
-_interrupted = threading.Event()  # set by stop_stages: no stage starts after it
-
-
-def stop_groups(procs: list[subprocess.Popen]) -> None:
-    """Stop stages and every process they started: Ctrl-C first (runs save their progress), then, after up to 20 s
-    (at once on a second Ctrl-C), kill what is left."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-    try:
-        end = time.monotonic() + 20
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.0, end - time.monotonic()))
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop a stage and every process it started (see stop_groups)."""
-    stop_groups([proc])
-
-
-def stop_stages() -> None:
-    """On Ctrl-C or SIGTERM: stop every stage running (in either smoke lane or this thread); none starts after."""
-    with _running_lock:
-        _interrupted.set()
-        procs = list(_running)
-    stop_groups(procs)
+# gpu_run stops them itself when it is interrupted (RUNNING.stop(): Ctrl-C, then a kill after 20 s).
+RUNNING = ChildProcesses(grace=20.0, own_groups=True)
 
 
 def log_lines(text: str) -> list[str]:
@@ -327,11 +291,11 @@ def log_lines(text: str) -> list[str]:
 
 def run_stage(stage: Stage, logs: Path, deadline: float, env: dict[str, str]) -> Outcome:
     """Run a stage's command (its own process group) until it ends or its limit or the deadline passes. A Ctrl-C
-    (or SIGTERM, see sigterm_as_ctrl_c) while it waits in the main thread stops every running stage (stop_stages)
+    (or SIGTERM, see sigterm_as_ctrl_c) while it waits in the main thread stops every running stage (RUNNING.stop())
     and returns 'interrupted': the caller ends the run."""
     if stage.skip:
         return Outcome(stage.name, "skipped", 0.0, SKIPPED)
-    if _interrupted.is_set():
+    if RUNNING.stopping.is_set():
         return Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
     limit = min(stage.seconds, deadline - time.monotonic())
     if limit < MIN_STAGE_SECONDS:
@@ -341,26 +305,18 @@ def run_stage(stage: Stage, logs: Path, deadline: float, env: dict[str, str]) ->
     with log.open("w") as f:
         f.write(f"$ {shlex.join(stage.command)}\n")
         f.flush()
-        with _running_lock:  # with the check, so that no stage starts once stop_stages has run
-            if _interrupted.is_set():
-                return Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
-            proc = subprocess.Popen(with_default_sigint(stage.command), stdout=f, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=REPO, env=env, start_new_session=True)
-            _running.add(proc)
+        proc = RUNNING.start(stage.command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                            env=env)
+        if proc is None:  # stopped since the check above
+            return Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
         try:
-            code = proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            stop_group(proc)
-            code = None
+            code = RUNNING.wait(proc, timeout=limit)
         except KeyboardInterrupt:
-            stop_stages()
+            RUNNING.stop()
             code = proc.wait()
-        finally:
-            with _running_lock:
-                _running.discard(proc)
     seconds = time.monotonic() - start
     lines = log_lines(log.read_text(errors="replace"))
-    if code and _interrupted.is_set():
+    if code and RUNNING.stopping.is_set():
         return Outcome(stage.name, "interrupted", seconds, f"{INTERRUPTED} after {seconds:.0f} s; last line: "
                                                            f"{lines[-1][:200]}")
     if code is None:
@@ -380,7 +336,7 @@ def run_lane(stages: list[Stage], logs: Path, deadline: float, env: dict[str, st
     outcomes: dict[str, Outcome] = {}
     for stage in stages:
         need = outcomes.get(stage.needs) if stage.needs else None
-        if _interrupted.is_set():
+        if RUNNING.stopping.is_set():
             outcomes[stage.name] = Outcome(stage.name, "skipped", 0.0, INTERRUPTED)
         elif need is not None and need.note == SKIPPED:
             outcomes[stage.name] = Outcome(stage.name, "skipped", 0.0, SKIPPED)
@@ -532,7 +488,7 @@ def run_stages(s: Setting, args: argparse.Namespace, data_root: Path, work: Path
         """Run a stage in this thread, where a Ctrl-C lands, and report it; one that was interrupted ends the run."""
         outcomes.append(run_stage(stage, logs, until, env))
         print(stage_table(outcomes)[-1], flush=True)
-        if _interrupted.is_set():
+        if RUNNING.stopping.is_set():
             raise KeyboardInterrupt
 
     begin, smoke_deadline = datetime.now(), min(deadline, time.monotonic() + s.smoke_seconds)
@@ -541,7 +497,7 @@ def run_stages(s: Setting, args: argparse.Namespace, data_root: Path, work: Path
         try:
             wait(running)
         except KeyboardInterrupt:  # the lanes' stages are stopped first: leaving the block waits for the lanes
-            stop_stages()
+            RUNNING.stop()
             raise
         finally:  # what the lanes did is reported, also when interrupted
             outcomes += [o for lane in running for o in lane.result()]
@@ -606,15 +562,15 @@ def run(args: argparse.Namespace) -> int:
     outcomes: list[Outcome] = []
     phases: list[tuple[str, datetime, datetime]] = []
     monitor = start_gpu_monitor(work / "logs" / "gpu.csv")
-    _interrupted.clear()
+    RUNNING.reset()
     try:
         with sigterm_as_ctrl_c():
             run_stages(s, args, data_root, work, device, config, t0, outcomes, phases)
     except KeyboardInterrupt:
-        stop_stages()  # any still running (run_stage and run_stages stop them where the interrupt lands)
+        RUNNING.stop()  # any still running (run_stage and run_stages stop them where the interrupt lands)
         raise
     finally:  # what ran is reported even when the run stops part way (Ctrl-C, SIGTERM, an error)
-        _interrupted.clear()  # every stage has ended: a later run in this process starts afresh
+        RUNNING.reset()  # every stage has ended: a later run in this process starts afresh
         if monitor is not None:
             monitor.terminate()
             monitor.wait()

@@ -1,4 +1,4 @@
-"""Would a per-class logit offset, chosen on val, raise a model's full-resolution mIoU? (docs/accuracy.md)
+"""Would a per-class logit offset, chosen on val, raise a model's full-resolution mIoU? (docs/research/accuracy.md)
 
     python benchmarks/logit_offsets.py RUN/best.pt ... [--data-root ../shared/field_data] [--dataset peanut]
 

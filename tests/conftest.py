@@ -35,7 +35,7 @@ def private_cache(tmp_path_factory) -> None:
 
 @pytest.fixture(scope="session")
 def peanut_root() -> Path:
-    """The real peanut dataset (../shared/field_data/peanut in CI)."""
+    """The real peanut dataset under $WEEDSEG_DATA (`make test` and CI set it to ../shared/field_data)."""
     return find_dataset_root("peanut")
 
 

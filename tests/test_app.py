@@ -1,4 +1,4 @@
-"""The upload page (weedseg/app/weedseg_app.py) run headless with Streamlit's AppTest, its image helpers
+"""The upload page (app/weedseg_app.py) run headless with Streamlit's AppTest, its image helpers
 (weedseg.infer.image) against `weedseg predict`, and `weedseg app`."""
 
 from __future__ import annotations

@@ -212,6 +212,16 @@ def test_environment_variable_is_searched(tmp_path, monkeypatch):
     assert find_dataset_root("nassar") == (tmp_path / "nassar").resolve()
 
 
+def test_no_data_root_beyond_field_data_is_guessed(tmp_path, monkeypatch):
+    """Library code never falls back to ../shared/field_data: `make` and CI pass it in WEEDSEG_DATA."""
+    make_nassar(tmp_path / "shared" / "field_data" / "nassar", tiles=2)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    monkeypatch.delenv("WEEDSEG_DATA", raising=False)
+    with pytest.raises(WeedsegError, match="nassar dataset not found"):
+        find_dataset_root("nassar")
+
+
 def test_layout_error_names_expected_layout_and_source(tmp_path):
     (tmp_path / "CKA_160523").mkdir()
     with pytest.raises(WeedsegError, match=r"(?s)iMapCleaned.*uni-bonn"):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from weedseg.experiment import PRESETS, ExperimentConfig, run_experiment
 from weedseg.experiment.plan import Job, check_config, finetune_schedule, plan_jobs
 from weedseg.experiment.report import paired_difference, read_run, t975
 from weedseg.experiment.runner import run_jobs
-from weedseg.processes import sigterm_as_ctrl_c
+from weedseg.processes import ChildProcesses, sigterm_as_ctrl_c
 
 
 def test_paired_difference_interval_by_hand():
@@ -157,6 +158,20 @@ def test_sigterm_stops_running_jobs_at_once_even_when_started_in_the_background(
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
     assert not unhandled and time.monotonic() - start < 15
+
+
+def test_child_processes_stop_one_past_its_timeout_and_start_none_once_stopped():
+    children = ChildProcesses(grace=5.0)
+    sleeper = children.start(["sleep", "30"], stdin=subprocess.DEVNULL)
+    start = time.monotonic()
+    assert children.wait(sleeper, timeout=0.3) is None  # stopped by its Ctrl-C, not after the grace
+    assert sleeper.returncode is not None and time.monotonic() - start < 3 and children.running == 0
+    other = children.start(["sleep", "30"], stdin=subprocess.DEVNULL)
+    children.stop()
+    assert other.returncode is not None and children.running == 0
+    assert children.start(["true"]) is None  # a job's next command does not start once the runs are stopped
+    children.reset()
+    assert children.wait(children.start(["true"])) == 0
 
 
 def write_nassar(root: Path, tiles: int = 30) -> Path:

@@ -196,7 +196,7 @@ def sigterm_when_running(gpu_run, count: int) -> None:
     """Send this process SIGTERM, as `kill` would, once `count` stages run (after 3 s at the latest)."""
     def send() -> None:
         end = time.monotonic() + 3
-        while len(getattr(gpu_run, "_running", ())) < count and time.monotonic() < end:
+        while gpu_run.RUNNING.running < count and time.monotonic() < end:
             time.sleep(0.05)
         time.sleep(0.5)  # their commands have started
         os.kill(os.getpid(), signal.SIGTERM)
@@ -214,7 +214,7 @@ def test_an_interrupt_stops_the_stage_running_in_the_main_thread(tmp_path):
         assert outcome.status == "interrupted" and outcome.note.startswith("stopped by Ctrl-C or SIGTERM")
         assert gpu_run.run_stage(sleeper(gpu_run, "next"), tmp_path, float("inf"), {}).note == gpu_run.INTERRUPTED
     finally:
-        gpu_run._interrupted.clear()
+        gpu_run.RUNNING.reset()
     assert time.monotonic() - start < 15 and group_gone(tmp_path / "sleeper.log")
 
 

@@ -31,6 +31,15 @@ def test_accumulates_over_batches_and_ignores_out_of_range_targets():
     assert cm.matrix.tolist() == [[1, 1], [0, 1]]
 
 
+def test_numpy_maps_count_as_tensors_do():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 0]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 0]])
+    from_tensors, from_arrays = ConfusionMatrix(3), ConfusionMatrix(3)
+    from_tensors.update(pred, target)
+    from_arrays.update(pred.numpy().astype("uint8"), target.numpy().astype("uint8"))
+    assert from_arrays.matrix.tolist() == from_tensors.matrix.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
 def test_class_absent_everywhere_is_left_out_of_the_mean():
     cm = ConfusionMatrix(3)
     cm.update(torch.tensor([0, 1]), torch.tensor([0, 1]))

@@ -17,12 +17,13 @@ from weedseg import train as train_module
 from weedseg.checkpoint import load_checkpoint, save_checkpoint
 from weedseg.cli import build_parser, config_from_args
 from weedseg.data import EvalResize, SegmentationDataset
+from weedseg.curves import best_rank
 from weedseg.data.transforms import TrainAugment
 from weedseg.evaluate import evaluate_checkpoint
 from weedseg.metrics import ConfusionMatrix
 from weedseg.runtime import warmup_cosine
-from weedseg.train import (PRESETS, TrainConfig, augmentation, best_rank, copy_paste, parse_class_weights, resolve_init,
-                           schedule, train)
+from weedseg.train import (PRESETS, TrainConfig, augmentation, copy_paste, parse_class_weights, resolve_init, schedule,
+                           train)
 
 
 def read_log(run):

@@ -80,7 +80,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                                    "schedule; any flag given overrides it. Progress is saved after each validation "
                                    "and at least every 30 s; after Ctrl-C continue with --resume.")
     p.add_argument("--dataset", choices=DATASETS, help="labelled dataset to use (default peanut)")
-    p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, field_data/, ../shared/field_data/)")
+    p.add_argument("--data-root", help="folder holding the dataset (default: $WEEDSEG_DATA, then field_data/)")
     p.add_argument("--budget", choices=sorted(PRESETS), default="cpu",
                    help="cpu: compact model, about 30 min on 2 cores; paper: ResNet-34 U-Net, 500 epochs (GPU)")
     p.add_argument("--out", help="run folder for checkpoints and logs (default: runs/<dataset>-<budget>)")
@@ -129,7 +129,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision (used on CUDA and on CPUs with native bf16)")
     p.add_argument("--init", help="where the weights start: 'field' (default: the shipped field-pretrained model, "
-                                  "weedseg/weights/weedseg-field-pretrained.pt, for unet-resnet18-quarter), 'scratch' "
+                                  "models/weedseg-field-pretrained.pt, for unet-resnet18-quarter), 'scratch' "
                                   "(random weights), or a checkpoint of `weedseg pretrain` or `weedseg train` (encoder "
                                   "and decoder are copied, its normalisation is used; a trained head is matched by "
                                   "class name)")
@@ -216,7 +216,7 @@ def add_tta_arguments(p: argparse.ArgumentParser, flip_gain: str) -> None:
                                                     f"and its mirror image (twice the compute{flip_gain})")
     p.add_argument("--tta-rotate", action="store_true",
                    help="also average over the quarter turns of both: all 8 symmetries of a square (8 times the "
-                        "compute), for photos taken looking straight down (docs/accuracy.md)")
+                        "compute), for photos taken looking straight down (docs/research/accuracy.md)")
 
 
 def tta_mode(args: argparse.Namespace) -> str | None:
@@ -226,9 +226,9 @@ def tta_mode(args: argparse.Namespace) -> str | None:
 
 def metrics_path(args: argparse.Namespace) -> tuple[Path, str]:
     """Where `evaluate` writes its JSON, and why there when not obvious: --out, else next to the checkpoint
-    when that folder is writable and not inside the installed package (the shipped models), else the
+    when that folder is writable and is not the shipped models' folder, else the
     current folder. The name holds the dataset (and a folder dataset's folder name) and split."""
-    from .resources import package_path
+    from .resources import WEIGHTS_DIR
 
     if args.out:
         return Path(args.out), ""
@@ -236,7 +236,7 @@ def metrics_path(args: argparse.Namespace) -> tuple[Path, str]:
     data = args.dataset if args.dataset != "folder" or not args.data_root else f"folder-{Path(args.data_root).resolve().name}"
     name = f"{ckpt.stem}.{data}-{args.split}.json"
     folder = ckpt.resolve().parent
-    if folder.is_relative_to(package_path()):
+    if folder.is_relative_to(WEIGHTS_DIR.resolve()):
         return Path.cwd() / name, " (the current folder: the checkpoint is one shipped with weedseg)"
     if not os.access(folder, os.W_OK):
         return Path.cwd() / name, f" (the current folder: {folder} is not writable)"
@@ -401,6 +401,12 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="weed patches smaller than this are ignored as specks: cm² with a GSD, pixels without "
                         "(default 0: none)")
     g.add_argument("--patches", action="store_true", help="also draw each weed patch as a polygon in the spray maps")
+    r = p.add_argument_group("on a Ray cluster (docs/cluster.md; pip install 'weedseg[cluster]')")
+    r.add_argument("--ray", metavar="ADDRESS", help="spread the images over a Ray cluster: auto (the cluster this "
+                   "machine belongs to), local (a Ray instance of this machine's own) or HOST:6379; input and --out "
+                   "must be on storage every node mounts at the same path")
+    r.add_argument("--ray-cpus", type=int_in(1), default=1, metavar="N",
+                   help="CPUs per Ray worker: one worker, with one model session, per N CPUs of the cluster")
     p.set_defaults(func=run_predict)
 
 
@@ -413,15 +419,22 @@ def run_predict(args: argparse.Namespace) -> int:
     from .infer.spray import SpraySettings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False, engine=args.engine,
-                    tta=tta_mode(args))
     options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
                              args.overlay_format, args.overwrite, args.workers,
                              GroundOptions(args.gsd, args.altitude, args.sensor_width_mm),
                              SpraySettings(args.spray_threshold, args.min_patch, args.cell_m, args.patches),
                              args.outputs)
     try:
-        summary = predict_path(args.input, args.out, seg, options)
+        if args.ray:
+            from .infer.cluster import RaySettings, predict_on_ray  # imports Ray, which a local run does not need
+
+            settings = RaySettings(args.ray, args.ray_cpus, args.model, args.device, args.engine, args.threads,
+                                   tta_mode(args))
+            summary = predict_on_ray(args.input, args.out, settings, options)
+        else:
+            seg = Segmenter(resolve_model_path(args.model), args.device, args.threads, spin=False,
+                            engine=args.engine, tta=tta_mode(args))
+            summary = predict_path(args.input, args.out, seg, options)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished images are kept (see {Path(args.out) / 'summary.csv'}): "
               "run the same command again to resume", file=sys.stderr)
@@ -513,7 +526,7 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list(MODELS))
     p.add_argument("--pretrain-images", nargs="+", metavar="FOLDER",
                    help="folders of unlabelled images that pretraining pools with the dataset's train split "
-                        "(e.g. ../shared/field_data/unlabeled); its val and test images are never used")
+                        "(e.g. $WEEDSEG_DATA/unlabeled); its val and test images are never used")
     p.add_argument("--pretrain-epochs", type=int, help="E, epochs per selective step (random: same iterations)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs with all labels (fewer labels: more epochs)")
     p.add_argument("--evals-per-run", type=int, help=f"validation passes per fine-tuning run (default {d.evals_per_run})")
@@ -545,12 +558,12 @@ def add_app_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--address", default="localhost",
                    help="address to listen on (default localhost; 0.0.0.0 serves other machines too)")
-    p.add_argument("--models", help="folder of ONNX models to offer (default: the shipped models in weedseg/weights/; sets $WEEDSEG_MODELS)")
+    p.add_argument("--models", help="folder of ONNX models to offer (default: the shipped models, models/ in a checkout; sets $WEEDSEG_MODELS)")
     p.set_defaults(func=run_app)
 
 
 def app_command(args: argparse.Namespace) -> list[str]:
-    """The `streamlit run` command line that serves the page shipped in weedseg/app/weedseg_app.py."""
+    """The `streamlit run` command line that serves the shipped page (app/weedseg_app.py in a checkout)."""
     from .resources import APP_SCRIPT
 
     if not APP_SCRIPT.is_file():

@@ -1,5 +1,6 @@
-"""Training curves as a picture: train loss and validation mIoU per iteration, with the validation best.pt
-holds marked. `weedseg train` writes <out>/curves.png when a run ends; `weedseg curves RUN...` draws one or
+"""A run's validation record: which validation best.pt holds (the rule `weedseg train` keeps best.pt by),
+and the training curves as a picture: train loss and validation mIoU per iteration, with that validation
+marked. `weedseg train` writes <out>/curves.png when a run ends; `weedseg curves RUN...` draws one or
 several runs (also while they train) into one picture to compare them."""
 
 from __future__ import annotations
@@ -11,7 +12,21 @@ import numpy as np
 
 from . import WeedsegError
 from .runtime import read_records
-from .train import TrainConfig, best_index
+
+SMOOTH_EVALS = 3  # best.pt = the weights where the mean of the last N validation mIoUs peaks (--smooth-evals)
+
+
+def best_rank(recent: list[float], window: int) -> tuple[bool, float]:
+    """How best.pt ranks a validation: (window full, mean of the last `window` mIoUs). The first validations
+    of a run average fewer passes, so they are noisier: they rank below every full window, not only below a
+    higher mean (a continued run's first pass would otherwise win on one lucky score)."""
+    return len(recent) >= max(1, window), sum(recent) / len(recent)
+
+
+def best_index(mious: list[float], window: int) -> int:
+    """Which of a run's validation mIoUs (in order) best.pt holds under `best_rank`: the first at the peak."""
+    ranks = [best_rank(mious[max(0, i + 1 - max(1, window)):i + 1], window) for i in range(len(mious))]
+    return max(range(len(mious)), key=lambda i: (ranks[i], -i))
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -26,8 +41,8 @@ def smoothing_window(run: Path) -> int:
     """The run's --smooth-evals (from its config.json), which decides where best.pt is."""
     config = run / "config.json"
     if not config.is_file():
-        return TrainConfig.smooth_evals
-    return json.loads(config.read_text()).get("smooth_evals", TrainConfig.smooth_evals)
+        return SMOOTH_EVALS
+    return json.loads(config.read_text()).get("smooth_evals", SMOOTH_EVALS)
 
 
 def best_validation(run: Path, records: list[dict]) -> dict | None:

@@ -17,13 +17,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def init(device: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun; returns this process's device.
 
     'auto' picks CUDA when available (cuda:LOCAL_RANK under torchrun), else the CPU.
     """
-    from .runtime import resolve_device
-
     resolved = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return resolved

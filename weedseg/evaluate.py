@@ -13,7 +13,8 @@ from . import WeedsegError
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import EvalResize, LabelledData, SegmentationDataset, open_dataset
 from .metrics import ConfusionMatrix
-from .runtime import channels_last, resolve_device, to_device
+from .distributed import resolve_device
+from .runtime import channels_last, to_device
 from .tta import tta_logits
 
 

@@ -1,9 +1,13 @@
-"""Segmentation metrics from a confusion matrix accumulated over a whole split."""
+"""Segmentation metrics from a confusion matrix accumulated over a whole split.
+
+numpy only, so that `weedseg dataset check` scores masks without torch; torch tensors are counted too.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 
 
 class ConfusionMatrix:
@@ -11,18 +15,23 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.matrix = np.zeros((num_classes, num_classes), np.int64)
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of predicted and true class-index maps (same shape; targets outside 0..C-1 ignored)."""
+    def update(self, pred: Any, target: Any) -> None:
+        """Add a batch of predicted and true class-index maps (same shape; targets outside 0..C-1 ignored):
+        numpy arrays, or torch tensors (on any device)."""
         valid = (target >= 0) & (target < self.num_classes)
-        codes = target[valid].to(torch.int64) * self.num_classes + pred[valid].to(torch.int64)
-        counts = torch.bincount(codes.cpu(), minlength=self.num_classes**2)
-        self.matrix += counts.view(self.num_classes, self.num_classes)
+        if isinstance(target, np.ndarray):
+            codes = target[valid].astype(np.int64) * self.num_classes + pred[valid].astype(np.int64)
+            counts = np.bincount(codes, minlength=self.num_classes**2)
+        else:
+            codes = target[valid].long() * self.num_classes + pred[valid].long()
+            counts = codes.cpu().bincount(minlength=self.num_classes**2).numpy()
+        self.matrix += counts.reshape(self.num_classes, self.num_classes)
 
     def iou(self) -> np.ndarray:
         """Per-class IoU = TP / (TP + FP + FN); NaN for a class absent from both truth and prediction."""
-        m = self.matrix.double().numpy()
+        m = self.matrix.astype(np.float64)
         tp = np.diag(m)
         union = m.sum(0) + m.sum(1) - tp
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -31,7 +40,7 @@ class ConfusionMatrix:
     def summary(self, class_names: list[str]) -> dict:
         """mIoU (macro mean over classes present), per-class IoU, pixel accuracy, the matrix (JSON-ready)."""
         iou = self.iou()
-        m = self.matrix.numpy()
+        m = self.matrix
         return {
             "miou": float(np.nanmean(iou)) if not np.isnan(iou).all() else float("nan"),
             "iou": {name: float(v) for name, v in zip(class_names, iou)},

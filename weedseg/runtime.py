@@ -16,13 +16,6 @@ from .checkpoint import load_checkpoint
 from .data import SeededSampler
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
     cpu = getattr(torch, "cpu", None)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from . import WeedsegError, distributed
 from .checkpoint import load_checkpoint, model_metadata, save_checkpoint
+from .curves import SMOOTH_EVALS, best_rank, plot_curves
 from .data import CopyPaste, EvalResize, SeededSampler, SegmentationDataset, TrainAugment, channel_stats, open_dataset
 from .data.pseudo import add_pseudo_labels
 from .data.splits import few
@@ -54,7 +55,7 @@ class TrainConfig:
     class_weights: str = "none"  # none | auto (1/sqrt(frequency)) | comma-separated numbers
     eval_short_side: int = 256
     eval_every: int = 0  # validate every N epochs; 0: automatic, about 40 validations per run
-    smooth_evals: int = 3  # best.pt = the weights where the mean of the last N validation mIoUs peaks
+    smooth_evals: int = SMOOTH_EVALS  # best.pt = the weights where the mean of the last N validation mIoUs peaks
     train_fraction: float = 1.0
     pseudo_labels: tuple[str, ...] = ()  # `weedseg predict` output folders whose masks join the train split
     copy_paste: tuple[str, ...] = ()  # classes pasted from another crop into half of the training crops
@@ -67,7 +68,7 @@ class TrainConfig:
     init_head: bool = False  # also copy the head from `init` when its shape matches
 
 
-# the starting point `--init field` (the default) names: pretrained on 3,580 field photos (weedseg/weights/README.md)
+# the starting point `--init field` (the default) names: pretrained on 3,580 field photos (models/README.md)
 FIELD_PRETRAINED, FIELD_PRETRAINED_MODEL = "weedseg-field-pretrained.pt", "unet-resnet18-quarter"
 CHECKPOINT_EVERY_S = 30.0  # the most training an interruption between validations can lose
 
@@ -75,7 +76,7 @@ PRESETS: dict[str, dict] = {
     # 8000 iterations (229 epochs of the 280 peanut training images), counted in iterations so that a small
     # dataset trains as long as peanut; 256 px crops of the photo at short side 480, zoomed 0.69-1.45x, focal +
     # soft Dice loss, quarter-turn rotations besides the mirror, inference at short side 480: the best recipe on
-    # peanut validation (docs/accuracy.md)
+    # peanut validation (docs/research/accuracy.md)
     "cpu": {"model": "unet-resnet18-quarter", "iterations": 8000, "batch_size": 8, "warmup_iterations": 350,
             "crop_zoom": (0.685, 1.45), "eval_short_side": 480, "loss": "focal+dice", "rotate90": True},
     # the paper's fine-tuning budget, for a GPU
@@ -121,19 +122,6 @@ def schedule(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
         warmup = cfg.warmup_iterations if cfg.warmup_iterations is not None else cfg.iterations // 8
         return cfg.iterations, warmup, -(-cfg.iterations // steps_per_epoch)
     return cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch, cfg.epochs
-
-
-def best_rank(recent: list[float], window: int) -> tuple[bool, float]:
-    """How best.pt ranks a validation: (window full, mean of the last `window` mIoUs). The first validations
-    of a run average fewer passes, so they are noisier: they rank below every full window, not only below a
-    higher mean (a continued run's first pass would otherwise win on one lucky score)."""
-    return len(recent) >= max(1, window), sum(recent) / len(recent)
-
-
-def best_index(mious: list[float], window: int) -> int:
-    """Which of a run's validation mIoUs (in order) best.pt holds under `best_rank`: the first at the peak."""
-    ranks = [best_rank(mious[max(0, i + 1 - max(1, window)):i + 1], window) for i in range(len(mious))]
-    return max(range(len(mious)), key=lambda i: (ranks[i], -i))
 
 
 def parse_class_weights(spec: str, dataset: SegmentationDataset, num_classes: int) -> torch.Tensor | None:
@@ -307,8 +295,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     distributed.barrier()
     if not main:
         return best
-    from .curves import plot_curves  # here, as weedseg.curves imports this module
-
     try:
         curves = f"curves in {plot_curves([out], out / 'curves.png')}"
     except WeedsegError as exc:  # the run itself is complete

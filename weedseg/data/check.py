@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import WeedsegError
+from ..metrics import ConfusionMatrix
 from .io import open_checked
 from .layouts import IGNORE_INDEX, Layout, Sample, get_layout
 from .locate import find_dataset_root
@@ -127,10 +128,6 @@ def _decode(layout: Layout, sample: Sample, report: DatasetCheck) -> np.ndarray 
 def _mask_agreement(layout: Layout, first: Sample, mb: np.ndarray | None) -> str:
     """How far the mask of the first copy of a photo agrees with `mb`, the decoded mask of a later copy (None
     when it could not be decoded), as '; their masks agree at ... mIoU (...)' (or '')."""
-    import torch  # only when a photo is stored twice
-
-    from ..metrics import ConfusionMatrix
-
     try:
         ma = layout.decode_mask(first.mask)
     except WeedsegError:  # already reported as a problem of its mask
@@ -141,7 +138,7 @@ def _mask_agreement(layout: Layout, first: Sample, mb: np.ndarray | None) -> str
         return "; their masks are identical"
     cm = ConfusionMatrix(len(layout.classes))
     truth = np.where(mb == IGNORE_INDEX, IGNORE_INDEX, ma)  # pixels either mask ignores are not compared
-    cm.update(torch.from_numpy(mb.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)))
+    cm.update(mb, truth)
     summary = cm.summary(layout.classes)
     per_class = ", ".join(f"{c} {100 * v:.1f}" for c, v in summary["iou"].items() if v == v)
     return f"; their masks agree at {100 * summary['miou']:.1f} mIoU ({per_class})"

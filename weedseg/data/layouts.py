@@ -198,7 +198,7 @@ def peanut_layout(root: Path) -> FolderLayout:
         root=root,
         images="images",
         masks="labels",
-        source_hint="https://github.com/ptdkhoa/Peanut-dataset (CC BY-SA 4.0), or ../shared/field_data/peanut",
+        source_hint="https://github.com/ptdkhoa/Peanut-dataset (CC BY-SA 4.0)",
     )
 
 

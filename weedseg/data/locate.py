@@ -1,4 +1,6 @@
-"""Finding a dataset on disk: --data-root, then $WEEDSEG_DATA, then field_data/, then ../shared/field_data/."""
+"""Finding a dataset on disk: --data-root, then $WEEDSEG_DATA, then field_data/ (here, then in the checkout).
+
+Nothing else is guessed: `make demo`, `make test` and CI pass the data root in WEEDSEG_DATA."""
 
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ def candidate_roots(name: str, data_root: str | Path | None) -> list[Path]:
         bases = [Path(data_root)]
     else:
         bases = [Path(p) for p in [os.environ.get("WEEDSEG_DATA")] if p]
-        bases += [Path("field_data"), REPO_ROOT / "field_data", Path("../shared/field_data"),
-                  REPO_ROOT.parent / "shared" / "field_data"]
+        bases += [Path("field_data"), REPO_ROOT / "field_data"]
     out: list[Path] = []
     for base in bases:
         for path in (base, base / name):

@@ -54,7 +54,7 @@ class ExperimentConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # about 2 hours on 2 CPU cores (docs/results.md)
+    # about 2 hours on 2 CPU cores (docs/research/results.md)
     "cpu": {"model": "unet-resnet18-quarter", "pretrain_epochs": 40, "pretrain_batch_size": 8,
             "finetune_epochs": 40, "finetune_batch_size": 8, "pretrain_warmup_epochs": 4,
             "finetune_warmup_epochs": 4},

@@ -8,7 +8,6 @@ is reported with its log, the jobs that need it are left out, and the others sti
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -16,23 +15,24 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..processes import sigterm_as_ctrl_c, with_default_sigint
+from ..processes import ChildProcesses
 from .plan import Job
 
 
-def run_job(job: Job, threads: int, running: dict[str, subprocess.Popen]) -> int:
-    """Run a job's commands in order (stopping at the first failure); returns the exit status."""
+STOP_GRACE_S = 60.0  # from Ctrl-C to kill: a run saves its progress in that time
+
+
+def run_job(job: Job, threads: int, children: ChildProcesses) -> int:
+    """Run a job's commands in order (stopping at the first failure, or when the runs are being stopped);
+    returns the exit status."""
     job.folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "20", "PYTHONUNBUFFERED": "1"}
     with job.log.open("a") as log:
         for cmd in job.commands:
             log.write(f"\n$ {' '.join(cmd)}   # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             log.flush()
-            proc = subprocess.Popen(with_default_sigint(cmd), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env)
-            running[job.name] = proc
-            code = proc.wait()
-            running.pop(job.name, None)
+            proc = children.start(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            code = 130 if proc is None else children.wait(proc)  # 130: stopped by Ctrl-C, as a shell says
             if code:
                 return code
     return 0
@@ -42,11 +42,11 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, progress: bool = True
     """Run the jobs not yet done, `parallel` at a time with `threads` CPU threads each, in list order as
     far as their needs allow. Returns the jobs that failed (or could not start because a need failed).
     On Ctrl-C (or SIGTERM under processes.sigterm_as_ctrl_c) the running jobs get Ctrl-C too (each keeps its
-    saved progress) and KeyboardInterrupt is raised."""
+    saved progress; killed after STOP_GRACE_S), no job starts after it, and KeyboardInterrupt is raised."""
     done = {j.name for j in jobs if j.done}
     todo = [j for j in jobs if not j.done]
     failed: list[Job] = []
-    running: dict[str, subprocess.Popen] = {}
+    children = ChildProcesses(STOP_GRACE_S)
     futures: dict[Future, tuple[Job, float]] = {}
     bar = tqdm(total=len(jobs), initial=len(done), desc="experiment runs", unit="run", disable=not progress)
     pool = ThreadPoolExecutor(max_workers=parallel)
@@ -59,7 +59,7 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, progress: bool = True
                 bar.write(f"left out: {job.name} (needs a run that failed)")
             for job in [j for j in todo if all(n in done for n in j.needs)][: parallel - len(futures)]:
                 todo.remove(job)
-                futures[pool.submit(run_job, job, threads, running)] = (job, time.perf_counter())
+                futures[pool.submit(run_job, job, threads, children)] = (job, time.perf_counter())
             if not futures:
                 break
             bar.set_postfix_str(", ".join(job.name for job, _ in futures.values()))
@@ -75,13 +75,7 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, progress: bool = True
                     failed.append(job)
                     bar.write(f"FAILED: {job.name} after {minutes:.1f} min; its log: {job.log}")
     except KeyboardInterrupt:
-        for proc in list(running.values()):
-            proc.send_signal(signal.SIGINT)  # a run keeps every finished epoch; the next run resumes it
-        for proc in list(running.values()):
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        children.stop()  # a run keeps every finished epoch; the next run resumes it
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -1,6 +1,6 @@
 """One image in memory: decode uploaded bytes, segment them as `weedseg predict` does, summarise the result.
 
-Used by the upload page (weedseg/app/weedseg_app.py); nothing here touches the file system, and file
+Used by the upload page (app/weedseg_app.py); nothing here touches the file system, and file
 names given by users only ever become display and download names (`safe_name`).
 """
 

@@ -609,8 +609,9 @@ class Run:
 
 
 def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, options: PredictOptions,
-                 progress: bool = True) -> RunSummary:
+                 progress: bool = True, run_jobs: Callable[..., None] | None = None) -> RunSummary:
     """Predict an image or a folder tree into `out` and write out/summary.csv; returns the run summary.
+    `run_jobs` runs the jobs in place of Predictor.run, with its arguments (weedseg.infer.cluster: on Ray workers).
 
     `out` is claimed first (see outdir.claim_output_folder): locked, checked writable, and refused when
     another model or other options made the outputs it holds, unless `options.overwrite`.
@@ -631,7 +632,7 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
     start = time.perf_counter()
     with claim_output_folder(out, record, options.overwrite) as journal:
         try:
-            predictor.run(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress, journal)
+            (run_jobs or predictor.run)(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress, journal)
         finally:  # an interrupted run still records what it finished
             summary.rows = [rows[i] for i in sorted(rows)]
             summary.rows += [{"image": line.split(": ", 1)[0], "status": "failed", "error": line} for line in unreadable]

@@ -1,6 +1,6 @@
 """Self-supervised pretraining by masked image reconstruction: selective masking or random masking.
 
-Selective masking (Wang & Stavness; see docs/pretraining.md), with P interleaved partitions
+Selective masking (Wang & Stavness; see docs/research/pretraining.md), with P interleaved partitions
 (partition k = images[k::P]):
   step 0 trains on partition 0 with random masks, from random initialisation;
   step k >= 1 scores partition k with the step k-1 model (S random masks per image, per-cell loss
@@ -75,7 +75,7 @@ class PretrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # about 15 minutes on 2 CPU cores for the 280 peanut training images (docs/pretraining.md);
+    # about 15 minutes on 2 CPU cores for the 280 peanut training images (docs/research/pretraining.md);
     # single-scale 3x3 SSIM as in the reference code's selective runs
     "cpu": {"model": "unet-resnet18-quarter", "epochs": 120, "batch_size": 8, "warmup_epochs": 10, "loss": "l1+ssim"},
     # the paper's budget and loss, for GPUs

@@ -1,7 +1,7 @@
 """weedseg upload page: drop field photos, see where the weeds are. Start it with `weedseg app`.
 
 UI only: decoding, segmentation and summaries live in weedseg.infer.image. The models offered are
-the *.onnx files shipped in weedseg/weights/ (or in the folder named by $WEEDSEG_MODELS); see docs/app.md.
+the shipped *.onnx files (models/ in a checkout), or those in the folder named by $WEEDSEG_MODELS; see docs/app.md.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ TTA_CAPTIONS = {None: "", "flip": ", with flip TTA", "rotate": ", with flip and 
 TTA_HELP = ("Test-time augmentation, as `weedseg predict --tta` / `--tta-rotate`: the photo is also segmented "
             "mirrored (and turned by quarter turns) and the scores averaged. Flip gained 0.3-0.4 val mIoU for models "
             "trained on a few dozen photos and +0.07 for the shipped default; the turns suit photos taken looking "
-            "straight down and gained +0.08 for the default (docs/accuracy.md)")
+            "straight down and gained +0.08 for the default (docs/research/accuracy.md)")
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
