@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from weedseg import WeedsegError
+from weedseg.familiarity import OWN_FIELD_DOC, UNKNOWN_MESSAGE
 from weedseg.data.io import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from weedseg.data.transforms import resize_short_side
 from weedseg.infer import pictures, tables
@@ -24,14 +25,15 @@ from weedseg.infer.image import (SESSION_FILES, SESSION_PIXELS, SegmentedImage, 
                                  zip_bytes)
 from weedseg.infer.pipeline import PredictOptions, failure
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter
-from weedseg.infer.spray import SAVING_NOTE, SpraySettings, draw_spray_cells
+from weedseg.infer.spray import SAVING_NOTE, SpraySettings, draw_spray_cells, shapefile_zip_bytes
 
 MODELS_ENV = "WEEDSEG_MODELS"
 PREVIEW_SHORT_SIDE = 720  # pictures on the page are shrunk to this; downloads keep full resolution
 OPTIONS = PredictOptions()  # the same resolution, tiling and grid defaults as `weedseg predict`
 SHOWN = {"image": "Image", "status": "Status", "crop_pct": "Crop %", "weed_pct": "Weed %", "weed_crop_ratio": "Weed : crop",
          "weed_cells": "Cells with weeds", "max_cell_weed_pct": "Most weed in a cell %", "spray_cells": "Cells to spray",
-         "sprayed_pct": "Sprayed %", "weed_m2": "Weed m²", "crop_m2": "Crop m²", "error": "Problem"}
+         "sprayed_pct": "Sprayed %", "weed_m2": "Weed m²", "crop_m2": "Crop m²", "familiarity": "Familiarity",
+         "unfamiliar": "Unfamiliar", "error": "Problem"}
 
 
 TTA_CHOICES = {"Off": None, "Flip (2x the time)": "flip", "Flip and quarter turns (8x the time)": "rotate"}
@@ -161,6 +163,14 @@ def show_spray(res: SegmentedImage, overlay: np.ndarray) -> None:
                          help=f"{row[f'{name}_m2_per_ha']:,.0f} m² per hectare of field imaged")
 
 
+def show_familiarity(res: SegmentedImage, seg: Segmenter) -> None:
+    """A warning above the pictures when the photo looks unlike the photos the model learned from."""
+    if res.familiarity.get("unfamiliar") == "true":
+        st.warning(f"**This photo looks unlike the {seg.familiarity.field} fields this model learned from** "
+                   f"(familiarity {res.familiarity['familiarity']}, flagged below 0.5): crop and weed may be swapped "
+                   f"or missed. Train it on a few of your own photos: see {OWN_FIELD_DOC}.", icon=":material/warning:")
+
+
 def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
     """Numbers, the three pictures with an opacity slider, the weed grid and downloads of one image;
     returns the chosen overlay opacity."""
@@ -187,6 +197,10 @@ def show_result(res: SegmentedImage, seg: Segmenter, key: str) -> float:
             continue
         col.download_button(label, data=lambda n=file_name: files()[n], file_name=file_name, mime=mime,
                             on_click="ignore", key=f"dl{suffix}-{key}", icon=":material/download:")
+    if res.plan and res.plan.ground.georef is not None:  # georeferenced: a prescription map for sprayer terminals
+        st.download_button("Prescription map (Shapefile, zip)", lambda: shapefile_zip_bytes(res.plan, res.stem),
+                           f"{res.stem}.spray.zip", "application/zip", on_click="ignore", key=f"dl.shp-{key}",
+                           icon=":material/map:")
     return alpha
 
 
@@ -235,7 +249,12 @@ def main() -> None:
                        f"{SESSION_PIXELS / 1e6:g} megapixels at once.")
     st.write("Drop field photos below. Each one is segmented into "
              f"{', '.join(info.classes)}; the numbers are shares of the image's pixels.")
+    st.caption(f"An orthomosaic over {MAX_IMAGE_PIXELS / 1e6:g} megapixels is too large for the page: "
+               "`weedseg predict ORTHO.tif --out OUT` streams one of any size into a mask, spray map and "
+               "prescription maps (docs/drone-survey.md).")
     legend(info.classes, info.colors)
+    if seg.familiarity is None:
+        st.info(UNKNOWN_MESSAGE[0].upper() + UNKNOWN_MESSAGE[1:] + ".")
     files = st.file_uploader("Field photos (JPG, PNG, TIFF)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES],
                              accept_multiple_files=True)
     results = segment_all(seg, files or [])
@@ -253,6 +272,7 @@ def main() -> None:
                 st.error(f"`{name}` could not be segmented: {res}")
                 continue
             res.summarize(info.classes, int(grid_cell), gsd or None, spray)
+            show_familiarity(res, seg)
             alphas[name] = show_result(res, seg, name)
     if results:
         show_summary(results, seg, alphas)

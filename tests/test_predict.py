@@ -27,9 +27,8 @@ from weedseg import WeedsegError
 from weedseg.cli import main
 from weedseg.data.io import read_rgb
 from weedseg.infer import atomic, outdir, pictures, pipeline, session
-from weedseg.infer.geo import GroundOptions, describe_ground
+from weedseg.infer.geo import GroundOptions, describe_ground, read_geo_tags
 from weedseg.infer.metadata import ModelInfo
-from weedseg.infer.outputs import read_geo_tags
 from weedseg.infer.pictures import read_mask
 from weedseg.infer.pipeline import Job, PredictOptions, Predictor, plan_jobs, predict_path
 from weedseg.infer.session import DEFAULT_MODEL, Segmenter
@@ -60,11 +59,12 @@ class FakeSegmenter:
                               [0.25] * 3, 32, short_side, "test")
         self.calls = 0
         self.tta = None
+        self.familiarity = None  # no familiarity statistics
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / 255.0
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, features: list[np.ndarray] | None = None) -> np.ndarray:
         self.calls += 1
         logits = np.empty((len(batch), 3, *batch.shape[2:]), np.float32)  # nothing else: no model's working memory
         np.subtract(batch[:, 0], batch[:, 1], out=logits[:, 2])

@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import logging
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pyproj
 import pytest
+import shapely
 from PIL import Image, TiffImagePlugin, TiffTags
 from streamlit.testing.v1 import AppTest
 
@@ -39,7 +42,7 @@ def geokeys(*keys: tuple[int, int]) -> tuple[int, ...]:
 
 
 def write_geotiff(path: Path, rgb: np.ndarray, keys: tuple[int, ...], scale: float = SCALE,
-                  transform: tuple[float, ...] | None = None) -> Path:
+                  transform: tuple[float, ...] | None = None, origin: tuple[float, float] = (E0, N0)) -> Path:
     """A GeoTIFF with a pixel scale and tie point (or a ModelTransformation) and the given GeoKeys."""
     ifd = TiffImagePlugin.ImageFileDirectory_v2()
     tags = {34735: (keys, TiffTags.SHORT)}
@@ -47,7 +50,7 @@ def write_geotiff(path: Path, rgb: np.ndarray, keys: tuple[int, ...], scale: flo
         tags[34264] = (transform, TiffTags.DOUBLE)
     else:
         tags[33550] = ((scale, scale, 0.0), TiffTags.DOUBLE)
-        tags[33922] = ((0.0, 0.0, 0.0, E0, N0, 0.0), TiffTags.DOUBLE)
+        tags[33922] = ((0.0, 0.0, 0.0, *origin, 0.0), TiffTags.DOUBLE)
     for tag, (value, kind) in tags.items():
         ifd[tag], ifd.tagtype[tag] = value, kind
     Image.fromarray(rgb).save(path, tiffinfo=ifd)
@@ -68,6 +71,13 @@ def hand_mask() -> np.ndarray:
     return mask
 
 
+def utm33(ring: list[list[float]]) -> list[list[float]]:
+    """A GeoJSON ring (WGS 84 longitude/latitude) back in UTM 33N metres."""
+    lon, lat = np.asarray(ring).T
+    x, y = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True).transform(lon, lat)
+    return np.column_stack([x, y]).tolist()
+
+
 def polygon_area(ring: list[list[float]]) -> float:
     pts = np.asarray(ring)
     return 0.5 * abs(np.dot(pts[:-1, 0], pts[1:, 1]) - np.dot(pts[1:, 0], pts[:-1, 1]))
@@ -80,15 +90,18 @@ def test_geotiff_spray_cells_land_on_map_coordinates_with_matching_areas(tmp_pat
     plan = plan_spray(hand_mask(), CLASSES, ground, SpraySettings(threshold_pct=1.0, cell_m=1.0), grid_cell=256)
     assert plan.cell_px == 20  # 1 m at 5 cm per pixel
     doc = spray_geojson(plan, "ortho.tif")
-    assert doc["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
-    assert doc["weedseg"]["coordinates"] == "map"
+    assert "crs" not in doc and doc["weedseg"]["coordinates"] == "lonlat"  # RFC 7946
     cells = {(f["properties"]["row"], f["properties"]["col"]): f for f in doc["features"]}
     assert set(cells) == {(0, 1), (0, 2), (1, 1), (1, 2), (3, 0)}  # the block's cells and the 1 % patch; not the speck
     ring = cells[(0, 1)]["geometry"]["coordinates"][0]
-    assert ring == [[E0 + 1, N0], [E0 + 1, N0 - 1], [E0 + 2, N0 - 1], [E0 + 2, N0], [E0 + 1, N0]]
+    corners = {(round(x, 2), round(y, 2)) for x, y in utm33(ring[:-1])}  # back in UTM, within a centimetre
+    assert corners == {(E0 + 1, N0 - 1), (E0 + 1, N0), (E0 + 2, N0 - 1), (E0 + 2, N0)}
+    assert shapely.geometry.shape(cells[(0, 1)]["geometry"]).exterior.is_ccw  # right-hand rule
     assert cells[(0, 1)]["properties"]["weed_pct"] == 50.0
     for f in doc["features"]:
-        assert polygon_area(f["geometry"]["coordinates"][0]) == pytest.approx(f["properties"]["area_m2"]) == 1.0
+        assert polygon_area(utm33(f["geometry"]["coordinates"][0])) == pytest.approx(f["properties"]["area_m2"],
+                                                                                      rel=1e-3)
+        assert f["properties"]["area_m2"] == 1.0
     row = plan.row()
     assert row["area_m2"] == pytest.approx(200 * 100 * SCALE ** 2)  # 50 m²
     assert row["weed_m2"] == pytest.approx((800 + 4 + 1) * SCALE ** 2)
@@ -110,8 +123,9 @@ def test_georeferencing_variants(tmp_path):
     rot = describe_ground(write_geotiff(tmp_path / "r.tif", rgb, UTM33, transform=rotated), GroundOptions())
     assert rot.gsd_cm == pytest.approx(10.0) and rot.georef.to_map(20, 10) == pytest.approx((E0 - 1.0, N0 + 2.0))
     degrees = describe_ground(write_geotiff(tmp_path / "d.tif", rgb, geokeys((1024, 2), (2048, 4326)),
-                                            scale=1e-6), GroundOptions())
-    assert degrees.gsd_cm is None and degrees.georef.epsg == 4326 and "--gsd" in degrees.note
+                                            scale=1e-6, origin=(15.0, 37.0)), GroundOptions())
+    # in degrees, the pixel's area is measured on the ellipsoid: 1e-6 degrees are 11.1 cm north, 8.9 cm east at 37 N
+    assert degrees.gsd_cm == pytest.approx(math.sqrt(11.09 * 8.89), rel=2e-3) and degrees.georef.epsg == 4326
     given = describe_ground(tmp_path / "d.tif", GroundOptions(gsd_cm=0.8))
     assert (given.source, given.gsd_cm, given.georef.epsg) == ("--gsd", 0.8, 4326)
 
@@ -167,9 +181,11 @@ def test_minimum_patch_in_square_centimetres_and_patch_polygons(tmp_path):
     assert plan.min_patch_px == 2
     patches = [f for f in spray_geojson(plan, "ortho.tif")["features"] if f["properties"]["kind"] == "weed_patch"]
     assert sorted(f["properties"]["area_m2"] for f in patches) == [pytest.approx(0.01), pytest.approx(2.0)]
+    assert all(shapely.geometry.shape(f["geometry"]).is_valid for f in patches)
     block = max(patches, key=lambda f: f["properties"]["area_px"])["geometry"]["coordinates"][0]
-    xs, ys = zip(*block)
-    assert min(xs) == pytest.approx(E0 + 20.5 * SCALE) and max(ys) == pytest.approx(N0 - 10.5 * SCALE)
+    xs, ys = zip(*utm33(block))  # the block's pixel edges: columns 20 to 60, rows 10 to 30
+    assert (min(xs), max(xs), min(ys), max(ys)) == pytest.approx(
+        (E0 + 20 * SCALE, E0 + 60 * SCALE, N0 - 30 * SCALE, N0 - 10 * SCALE), abs=0.01)
 
 
 @pytest.mark.parametrize("classes", [["crop", "soil", "weed"], ["weed", "crop", "Background"]])
@@ -271,11 +287,12 @@ def test_predict_writes_spray_maps_summary_and_run_map(model, peanut_root, tmp_p
     doc = json.loads((out / rows["a.tif"]["spray_map"]).read_text())
     assert len(doc["features"]) == int(rows["a.tif"]["spray_cells"]) > 0
     for f in doc["features"]:
-        (x0, y0), (x1, y1) = f["geometry"]["coordinates"][0][0], f["geometry"]["coordinates"][0][2]
-        assert E0 <= x0 < x1 <= E0 + 320 * SCALE and N0 - 240 * SCALE <= y1 < y0 <= N0
+        xs, ys = zip(*utm33(f["geometry"]["coordinates"][0]))
+        assert E0 - 0.01 <= min(xs) < max(xs) <= E0 + 320 * SCALE + 0.01
+        assert N0 - 240 * SCALE - 0.01 <= min(ys) < max(ys) <= N0 + 0.01
     assert json.loads((out / rows["phone.jpg"]["spray_map"]).read_text())["weedseg"]["coordinates"] == "pixels"
     run_map = json.loads((out / "spray_map.geojson").read_text())
-    assert run_map["weedseg"]["images"] == ["a.tif", "b.tif"] and run_map["crs"] == doc["crs"]
+    assert run_map["weedseg"]["images"] == ["a.tif", "b.tif"] and "crs" not in run_map
     assert len(run_map["features"]) == int(rows["a.tif"]["spray_cells"]) + int(rows["b.tif"]["spray_cells"])
     totals = json.loads((out / "spray_summary.json").read_text())
     assert totals["images"] == 3 and totals["images_with_gsd"] == 2
@@ -322,9 +339,10 @@ def test_page_spray_controls_map_and_areas(peanut_root, tmp_path, monkeypatch):
     assert "Weed area" in tif_m and "Weed area" not in png_m and png_m["Cells to spray"].endswith("of 2")
     captions = [c for im in at.image for c in im.captions]
     assert any(c.startswith("Cells to spray (yellow): at least 1 % weed in a 1 m cell") for c in captions)
-    assert {b.label for b in at.download_button} >= {"Spray map GeoJSON"}
+    labels = [b.label for b in at.download_button]
+    assert "Spray map GeoJSON" in labels and labels.count("Prescription map (Shapefile, zip)") == 1  # the GeoTIFF's
     summary = at.dataframe[-1].value
-    assert list(summary.columns[-5:-1]) == ["Cells to spray", "Sprayed %", "Weed m²", "Crop m²"]
+    assert {"Cells to spray", "Sprayed %", "Weed m²", "Crop m²"} <= set(summary.columns)
 
     inputs = {n.label: n for n in at.sidebar.number_input}
     inputs["Ground sampling distance (cm per pixel)"].set_value(0.5)  # now both images have one

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import WeedsegError, __version__
+from .familiarity import PROPS_KEY, FamiliarityStats
 from .models import MODELS, create_model
 
 FORMAT = "weedseg.checkpoint/1"
@@ -90,7 +91,17 @@ def describe_problem(ckpt: dict[str, Any]) -> str | None:
     weights = ckpt.get("state_dict")
     if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         return "no weights ('state_dict')"
+    if PROPS_KEY in ckpt:
+        try:
+            FamiliarityStats.from_json(ckpt[PROPS_KEY], "the checkpoint")
+        except WeedsegError as exc:
+            return str(exc)
     return None
+
+
+def familiarity_stats(ckpt: dict[str, Any]) -> FamiliarityStats | None:
+    """The familiarity statistics a (checked) checkpoint carries, or None (weedseg.familiarity)."""
+    return FamiliarityStats.from_json(ckpt[PROPS_KEY], "checkpoint") if PROPS_KEY in ckpt else None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:

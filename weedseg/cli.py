@@ -15,6 +15,8 @@ from .data import DATASETS, SPLITS
 from .infer.engines import DEFAULT_ENGINE, ENGINES
 from .infer.pipeline import OUTPUTS
 from .infer.metadata import MAX_INPUT_SHORT_SIDE
+from .labels import FORMATS as LABEL_FORMATS
+from .labels.prelabels import PRELABELS
 
 # The commands that need PyTorch (`pip install 'weedseg[train]'`) and their one-line help.
 TRAINING_COMMANDS = {
@@ -24,6 +26,7 @@ TRAINING_COMMANDS = {
     "export": "export a checkpoint to ONNX (self-checked against torch; optional INT8)",
     "pretrain": "self-supervised pretraining on unlabeled images (selective or random masking)",
     "experiment": "compare training from scratch, random- and selective-masking pretraining",
+    "familiarity": "add familiarity statistics (what its training photos looked like) to a checkpoint",
 }
 
 
@@ -374,7 +377,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay-format", choices=["jpg", "png"], default="jpg", help="file type of the colour overlays")
     p.add_argument("--outputs", type=output_kinds, default=OUTPUTS, metavar="mask,overlay,grid",
                    help="files to write per image (default: all three); the mask is always written, as it marks an "
-                        "image done, so `--outputs mask` skips the overlay and grid work")
+                        "image done, so `--outputs mask` skips the overlay and grid work; add prelabels for the "
+                        "run's masks as COCO RLE and Label Studio predictions in OUT/prelabels/ (docs/labelling.md)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else the CPU")
@@ -401,6 +405,15 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="weed patches smaller than this are ignored as specks: cm² with a GSD, pixels without "
                         "(default 0: none)")
     g.add_argument("--patches", action="store_true", help="also draw each weed patch as a polygon in the spray maps")
+    o = p.add_argument_group("orthomosaics (docs/drone-survey.md; needs pip install 'weedseg[geo]')")
+    o.add_argument("--stream", action="store_true", help="stream every GeoTIFF window by window as an orthomosaic "
+                   "(default: those over the 50-megapixel photo limit)")
+    o.add_argument("--bands", type=band_list, metavar="R,G,B",
+                   help="the red, green and blue bands of a multi-band orthomosaic, 1-based (default: from its "
+                        "colour interpretation)")
+    o.add_argument("--input-gsd", type=float, metavar="CM_PER_PIXEL",
+                   help="ground sampling distance the model sees an orthomosaic at (default: the model's training "
+                        "GSD where its card has one, else its photo-to-input ratio)")
     r = p.add_argument_group("on a Ray cluster (docs/cluster.md; pip install 'weedseg[cluster]')")
     r.add_argument("--ray", metavar="ADDRESS", help="spread the images over a Ray cluster: auto (the cluster this "
                    "machine belongs to), local (a Ray instance of this machine's own) or HOST:6379; input and --out "
@@ -414,16 +427,18 @@ def run_predict(args: argparse.Namespace) -> int:
     import logging
 
     from .infer.geo import GroundOptions
+    from .infer.ortho import OrthoOptions
     from .infer.pipeline import PredictOptions, predict_path
     from .infer.session import Segmenter, resolve_model_path
     from .infer.spray import SpraySettings
+    from .labels.prelabels import run_photos, write_prelabels
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = PredictOptions(args.short_side, args.tile, args.overlap, args.batch_size, args.grid_cell,
                              args.overlay_format, args.overwrite, args.workers,
                              GroundOptions(args.gsd, args.altitude, args.sensor_width_mm),
                              SpraySettings(args.spray_threshold, args.min_patch, args.cell_m, args.patches),
-                             args.outputs)
+                             args.outputs, OrthoOptions(args.bands, args.input_gsd, args.stream))
     try:
         if args.ray:
             from .infer.cluster import RaySettings, predict_on_ray  # imports Ray, which a local run does not need
@@ -444,16 +459,32 @@ def run_predict(args: argparse.Namespace) -> int:
           f"{counts['done before']} already done, {counts['failed']} failed; summary: {Path(args.out) / 'summary.csv'}")
     for row in summary.failed:
         print(f"  failed: {row['image']}: {row['error']}", file=sys.stderr)
+    if PRELABELS in args.outputs:
+        folder = write_prelabels(Path(args.out), run_photos(Path(args.out), summary.rows), seg.info.classes,
+                                 seg.info.colors, seg.path.name)
+        print(f"prelabels for CVAT and Label Studio (COCO RLE, brush predictions): {folder}")
     return 1 if summary.failed else 0
+
+
+def band_list(text: str) -> tuple[int, int, int]:
+    """`--bands 3,2,1` as three 1-based band numbers."""
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) != 3 or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"expected three band numbers from 1, like 1,2,3; got {text!r}")
+    return bands  # type: ignore[return-value]
 
 
 def output_kinds(text: str) -> tuple[str, ...]:
     """`--outputs mask,overlay` as a tuple that always holds the mask."""
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = sorted(set(kinds) - set(OUTPUTS))
+    unknown = sorted(set(kinds) - {*OUTPUTS, PRELABELS})
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown output {', '.join(unknown)}; choose from {','.join(OUTPUTS)}")
-    return tuple(k for k in OUTPUTS if k in kinds or k == "mask")
+        raise argparse.ArgumentTypeError(f"unknown output {', '.join(unknown)}; choose from "
+                                         f"{','.join((*OUTPUTS, PRELABELS))}")
+    return tuple(k for k in (*OUTPUTS, PRELABELS) if k in kinds or k == "mask")
 
 
 def comma_fractions(text: str) -> tuple[float, ...]:
@@ -601,6 +632,25 @@ def add_dataset_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dataset", choices=DATASETS, default="folder", help="dataset layout")
     c.add_argument("--data-root", help="folder holding the dataset (for folder: the one with dataset.toml)")
     c.set_defaults(func=run_dataset_check)
+    i = actions.add_parser("import", help="turn a CVAT, Label Studio or COCO export into a folder dataset",
+                           description="Turn the export of a labelling tool into a weedseg folder dataset (images/, "
+                                       "masks/ of class indices, dataset.toml with the class names kept): CVAT "
+                                       "\"Segmentation mask 1.1\" (cvat-mask) or \"COCO 1.0\" (cvat-coco), Label "
+                                       "Studio's JSON export with brush or polygon labels (labelstudio), COCO JSON "
+                                       "with polygons or RLE (coco). Pixels no label covers are the background "
+                                       "class. See docs/labelling.md.")
+    i.add_argument("export", help="the export: its folder, its JSON file or its .zip")
+    i.add_argument("--format", required=True, choices=LABEL_FORMATS, help="which tool and export it is")
+    i.add_argument("--out", required=True, help="the dataset folder to write (new or empty)")
+    i.add_argument("--images", help="folder holding the photos when the export does not (searched by file name)")
+    i.add_argument("--class-map", metavar="LABEL=CLASS,...",
+                   help="rename or merge the export's labels, e.g. \"Carrot=crop,Weeds=weed,Shadow=ignore\" "
+                        "(ignore: left out of training and scoring); every label must be named")
+    i.add_argument("--background", default="soil",
+                   help="class of the pixels no label covers, unless the export names one (background, soil, ground)")
+    i.add_argument("--keep-empty", action="store_true",
+                   help="also import photos without any label, as all background (default: left out, listed)")
+    i.set_defaults(func=run_dataset_import)
 
 
 def run_dataset_check(args: argparse.Namespace) -> int:
@@ -611,9 +661,83 @@ def run_dataset_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def add_familiarity_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("familiarity", help=TRAINING_COMMANDS["familiarity"],
+                       description="Familiarity statistics let predict and the page flag photos unlike the ones a "
+                                   "model learned from (docs/familiarity.md). `weedseg train` fits them itself; "
+                                   "`weedseg familiarity fit` adds them to an older checkpoint. Export it again "
+                                   "afterwards so its ONNX models carry them.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = actions.add_parser("fit", help="fit the statistics on the model's training photos, threshold on val",
+                           description="Fit a checkpoint's familiarity statistics: its pooled encoder features over "
+                                       "the dataset's train photos at the model's input resolution, and the "
+                                       "threshold on its val photos. Weights are unchanged.")
+    f.add_argument("checkpoint", help="a .pt file written by `weedseg train`")
+    f.add_argument("--dataset", choices=DATASETS, default="peanut", help="the dataset the model was trained on")
+    f.add_argument("--data-root")
+    f.add_argument("--out", help="write the checkpoint with statistics here (default: update CHECKPOINT in place)")
+    f.set_defaults(func=run_familiarity_fit)
+
+
+def run_familiarity_fit(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .familiarity.fit import add_familiarity, field_name
+
+    data = open_dataset(args.dataset, args.data_root)
+    add_familiarity(args.checkpoint, data, field_name(args.dataset, data), args.out)
+    return 0
+
+
+def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("suggest", help="rank unlabelled photos: which to label next (uncertainty and diversity)",
+                       description="Segment every photo under PHOTOS with the model and list the N to label next: "
+                                   "where the model is least sure (mean per-pixel softmax margin at its input "
+                                   "scale), spread out so the list holds no near-copies (greedy k-center over a "
+                                   "thumbnail and the pooled class probabilities). Writes OUT (one path per line, "
+                                   "for the labelling tool) and OUT with .csv (every photo's scores). It is advice: "
+                                   "on peanut, photos it chose did not train a better model than random ones "
+                                   "(docs/labelling.md).")
+    p.add_argument("photos", help="a folder of unlabelled photos (searched recursively)")
+    p.add_argument("--model", help="an ONNX file from `weedseg export` (default: the shipped weedseg-peanut-default.onnx)")
+    p.add_argument("-n", type=int_in(1), default=30, help="how many photos to list (default 30)")
+    p.add_argument("--out", required=True, help="the list to write, e.g. to-label.txt (scores go to to-label.csv)")
+    p.add_argument("--labelled", metavar="FOLDER",
+                   help="photos already labelled (e.g. DATASET/images): the list is spread away from them too")
+    p.add_argument("--threads", type=int_in(0), default=0, help="inference threads (default: all cores)")
+    p.set_defaults(func=run_suggest)
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    import logging
+
+    from .infer.session import Segmenter, resolve_model_path
+    from .suggest import suggest
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    seg = Segmenter(resolve_model_path(args.model), "cpu", args.threads)
+    chosen = suggest(seg, args.photos, args.n, args.out, args.labelled)
+    print(f"{len(chosen)} photos to label next, most useful first: {args.out} (scores: {Path(args.out).with_suffix('.csv')})")
+    return 0
+
+
+def run_dataset_import(args: argparse.Namespace) -> int:
+    import logging
+
+    from .labels import import_labels
+
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    report = import_labels(args.export, args.format, args.out, args.images, args.class_map, args.background,
+                           args.keep_empty)
+    print(f"{report.photos} labelled photos imported into {report.out} (classes: "
+          f"{', '.join(f'{name} = {i}' for i, name in enumerate(report.classes))}); next: "
+          f"weedseg dataset check --data-root {report.out}")
+    return 0
+
+
 SUBCOMMANDS = {"train": add_train_parser, "curves": add_curves_parser, "evaluate": add_evaluate_parser,
                "export": add_export_parser, "predict": add_predict_parser, "pretrain": add_pretrain_parser,
-               "experiment": add_experiment_parser, "app": add_app_parser, "dataset": add_dataset_parser}
+               "experiment": add_experiment_parser, "app": add_app_parser, "dataset": add_dataset_parser,
+               "familiarity": add_familiarity_parser, "suggest": add_suggest_parser}
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:

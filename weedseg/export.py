@@ -18,11 +18,13 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
 from . import WeedsegError, __version__
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import familiarity_stats, load_checkpoint, model_from_checkpoint
 from .data import EvalResize, LabelledData, SegmentationDataset
 from .data.io import read_rgb
 from .data.transforms import resize_short_side
 from .evaluate import model_short_side
+from .familiarity import FEATURES_OUTPUT, UNKNOWN_MESSAGE
+from .familiarity.fit import describe_fit, pooled_features, refit_exported
 from .infer.metadata import ModelInfo
 from .infer.session import Segmenter
 from .metrics import ConfusionMatrix
@@ -32,7 +34,8 @@ OPSET = 17
 
 
 class _ExportWrapper(nn.Module):
-    """Pads every input to the size multiple (possibly by 0) and crops the logits back.
+    """Pads every input to the size multiple (possibly by 0) and crops the logits back; the second output is the
+    pooled encoder features (N, D) that familiarity scores (weedseg.familiarity).
 
     The U-Net decides in Python whether to pad, which tracing would freeze for the example size;
     here the pad is computed from the traced shape, so the exported graph is right for any
@@ -43,11 +46,12 @@ class _ExportWrapper(nn.Module):
         super().__init__()
         self.model, self.multiple = model, multiple
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = x.shape[-2], x.shape[-1]
         m = self.multiple
         x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
-        return self.model(x)[..., :h, :w]
+        logits, features = self.model.segment(x)
+        return logits[..., :h, :w], pooled_features(features)
 
 
 def model_info(ckpt: dict, input_short_side: int, size_multiple: int, precision: str = "fp32",
@@ -57,7 +61,7 @@ def model_info(ckpt: dict, input_short_side: int, size_multiple: int, precision:
         model_name=ckpt["model"]["name"], classes=list(ckpt["classes"]), colors=ckpt["colors"],
         mean=ckpt["normalization"]["mean"], std=ckpt["normalization"]["std"], size_multiple=size_multiple,
         input_short_side=input_short_side, weedseg_version=__version__, precision=precision,
-        train_gsd_cm=train_gsd_cm,
+        train_gsd_cm=train_gsd_cm, familiarity=familiarity_stats(ckpt),
     )
 
 
@@ -89,8 +93,8 @@ def export_onnx(ckpt: dict, out: str | Path, input_short_side: int, train_gsd_cm
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on the U-Net's own (unused) pad branch
             torch.onnx.export(wrapper, torch.zeros(1, 3, 2 * multiple, 3 * multiple), str(raw), dynamo=False,
-                              opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic})
+                              opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, FEATURES_OUTPUT],
+                              dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic, FEATURES_OUTPUT: {0: "batch"}})
         save_with_metadata(raw, out, info)
     return info
 
@@ -177,7 +181,8 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, data: LabelledData, sp
 
     Activations are uint8 and weights int8 (U8S8): ONNX Runtime's CPU provider fuses that into
     QLinearConv on x86; with int8 activations most convolutions stayed in float between Q/DQ pairs.
-    The two ends of the network stay FP32 (see `float_ends`).
+    The two ends of the network stay FP32 (see `float_ends`). Familiarity statistics are fitted again on the
+    INT8 model's own features, from `data`'s train and val photos.
     """
     info = Segmenter(fp32_path, device="cpu", engine="onnxruntime").info
     ds = SegmentationDataset(data.layout, data.splits[split], EvalResize(info.input_short_side), info.mean, info.std)
@@ -188,7 +193,11 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, data: LabelledData, sp
         quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=float_ends(prepared))
-        int8 = ModelInfo(**{**info.__dict__, "precision": "int8"})
+        familiarity = (refit_exported(quantized, data, info.familiarity, info.mean, info.std)
+                       if info.familiarity else None)
+        if familiarity:
+            print(f"INT8 model {describe_fit(familiarity)}")
+        int8 = ModelInfo(**{**info.__dict__, "precision": "int8", "familiarity": familiarity})
         save_with_metadata(quantized, out, int8)
     return int8
 
@@ -223,6 +232,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: LabelledDat
         info = export_onnx(ckpt, temps[0], input_short_side, train_gsd_cm)
         print(f"exported {checkpoint} ({info.model_name}, classes {', '.join(info.classes)}, "
               f"input short side {info.input_short_side or 'native'})")
+        print(f"familiarity: threshold {info.familiarity.threshold:.2f} on {info.familiarity.dim} pooled features, "
+              f"fitted on {info.familiarity.field} photos" if info.familiarity else f"note: {UNKNOWN_MESSAGE}")
         images = [read_rgb(s.image) for s in data.splits[check_split][: max(1, check_images)]]
         parity = check_parity(Segmenter(temps[0], device="cpu", engine="onnxruntime"), model_from_checkpoint(ckpt), images)
         print(f"self-check on {parity.inputs} real inputs vs torch: max abs logit difference "

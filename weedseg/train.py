@@ -26,6 +26,7 @@ from .data import CopyPaste, EvalResize, SeededSampler, SegmentationDataset, Tra
 from .data.pseudo import add_pseudo_labels
 from .data.splits import few
 from .evaluate import evaluate_model
+from .familiarity.fit import add_familiarity, field_name
 from .losses import build_loss, inverse_sqrt_frequency_weights
 from .models import count_parameters, create_model
 from .resources import WEIGHTS_DIR
@@ -299,6 +300,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         curves = f"curves in {plot_curves([out], out / 'curves.png')}"
     except WeedsegError as exc:  # the run itself is complete
         curves = f"no curves.png: {exc}"
+    try:  # what its training photos looked like, so predict can flag unlike ones (weedseg.familiarity)
+        add_familiarity(out / "best.pt", data, field_name(cfg.dataset, data), short_side=cfg.eval_short_side)
+    except WeedsegError as exc:  # the run itself is complete
+        print(f"no familiarity statistics in best.pt: {exc}")
     window = f"the last {cfg.smooth_evals}" if best.get("full", True) else "all"  # fewer ran than the window
     print(f"best validation mIoU {best['miou']:.4f} at epoch {best.get('epoch')} (mean of {window} validations up to "
           f"it {best.get('smoothed', best['miou']):.4f}); weights in {out / 'best.pt'}; {curves}")

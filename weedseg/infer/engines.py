@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from .. import WeedsegError
+from ..familiarity import FEATURES_OUTPUT
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,13 @@ class Engine(Protocol):
     input_type: str  # as the engine names it, e.g. tensor(float) or f32
     input_is_float: bool
     output_channels: int | None
+    has_features: bool  # the model outputs pooled encoder features too (weedseg.familiarity)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, classes, H, W) for a normalised float32 batch (N, 3, H, W)."""
+
+    def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and the pooled encoder features (N, D), from one call; only where `has_features`."""
 
 
 def choose_providers(device: str = "auto") -> list[str]:
@@ -103,9 +108,15 @@ class OnnxRuntimeEngine:
         self.input_is_float = first_input.type == "tensor(float)"
         channels = first_output.shape[1] if len(first_output.shape) > 1 else None
         self.output_channels = channels if isinstance(channels, int) else None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.has_features = self.output_names[1:2] == [FEATURES_OUTPUT]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        return self.session.run(self.output_names[:1], {self.input_name: batch})[0]
+
+    def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.session.run(self.output_names[:2], {self.input_name: batch})
+        return logits, features
 
 
 def openvino_available() -> bool:
@@ -159,11 +170,16 @@ class OpenVinoEngine:
         self.input_is_float = first_input.get_element_type() == ov.Type.f32
         channels = model.outputs[0].get_partial_shape()[1]
         self.output_channels = channels.get_length() if channels.is_static else None
+        self.has_features = len(model.outputs) > 1 and FEATURES_OUTPUT in model.outputs[1].get_names()
         self.input_count = len(model.inputs)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # one request per call: a compiled model may be shared by threads (the page's visitors)
         return self.compiled.create_infer_request().infer({0: batch})[0]
+
+    def run_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = self.compiled.create_infer_request().infer({0: batch})
+        return result[0], result[1]
 
 
 def cache_file() -> Path:

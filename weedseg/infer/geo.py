@@ -1,32 +1,55 @@
-"""Where an image lies on the ground: its ground sampling distance (GSD) and, for GeoTIFFs, its map transform.
+"""Where an image lies on the ground: its ground sampling distance (GSD) and, for GeoTIFFs, its map transform and CRS.
 
-The GSD (centimetres of ground per image pixel) comes, in this order, from `--gsd`, from a
-GeoTIFF's pixel scale when its CRS is projected in metres (or feet), or from the photo's EXIF
-focal length with the flying height `--altitude` and the camera's sensor width. Map coordinates
-stay in the GeoTIFF's own CRS: nothing is reprojected.
+The GSD (centimetres of ground per image pixel) comes, in this order, from `--gsd`, from a GeoTIFF's
+pixel size on the ground, or from the photo's EXIF focal length with the flying height `--altitude`
+and the camera's sensor width. A GeoTIFF's transform and CRS are read with rasterio and pyproj (the
+optional `[geo]` extra), so every EPSG code and WKT CRS GDAL knows gets its units: in a projected CRS
+the pixel size is measured in it, in degrees (or Web Mercator, whose metres shrink away from the
+equator) on the ellipsoid at the image centre. Without `[geo]`, GeoTIFFs are segmented as photos with
+areas in pixels, and the log says what to install. This module also reads and writes the GeoTIFF
+tags that a photo-sized GeoTIFF's mask carries over from its input.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image
+import numpy as np
+from PIL import Image, TiffImagePlugin
 
 from .. import WeedsegError
-from . import outputs
 
+try:  # the [geo] extra
+    import pyproj
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.io import MemoryFile
+
+    HAVE_GEO = True
+except ImportError:
+    HAVE_GEO = False
+
+GEO_INSTALL = 'pip install "weedseg[geo]"'
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # what EXIF FocalLengthIn35mmFilm is scaled to
 EXIF_IFD, FOCAL_LENGTH, FOCAL_35MM = 0x8769, 0x920A, 0xA405
-# GeoKeys (GeoTIFF 1.0): model type, raster type, projected CRS, projected linear units
-GT_MODEL_TYPE, GT_RASTER_TYPE, PROJECTED_CRS, PROJ_LINEAR_UNITS = 1024, 1025, 3072, 3076
-GEOGRAPHIC_CRS = 2048
-MODEL_TYPE_GEOGRAPHIC, RASTER_PIXEL_IS_POINT = 2, 2
-METRES_PER_UNIT = {9001: 1.0, 9002: 0.3048, 9003: 1200 / 3937}  # EPSG units: metre, foot, US survey foot
-WEB_MERCATOR = {3857, 3785, 900913}  # map metres are not ground metres away from the equator
+# GeoTIFF tags: pixel scale, tie points, transformation, GeoKey directory, double and ASCII params
+PIXEL_SCALE, TIE_POINTS, TRANSFORMATION = 33550, 33922, 34264
+GEO_TAGS = (PIXEL_SCALE, TIE_POINTS, TRANSFORMATION, 34735, 34736, 34737)
+GeoTags = dict[int, tuple[object, int]]  # tag -> (value, TIFF type)
+WGS84 = "EPSG:4326"
+MIN_GSD_CM, MAX_GSD_CM = 1e-3, 1e5  # 10 micrometres to 1 km per pixel: anything else is a typo
+PSEUDO_MERCATOR = "Popular Visualisation Pseudo Mercator"  # map metres are not ground metres away from the equator
+
+
+def require_geo(what: str) -> None:
+    """WeedsegError saying what to install, unless the [geo] extra is installed."""
+    if not HAVE_GEO:
+        raise WeedsegError(f"{what} needs the geo extra: {GEO_INSTALL}")
 
 
 @dataclass(frozen=True)
@@ -42,12 +65,15 @@ class GroundOptions:
                             ("--sensor-width-mm", self.sensor_width_mm)):
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise WeedsegError(f"{name} must be a positive number, got {value}")
+        if self.gsd_cm is not None and not MIN_GSD_CM <= self.gsd_cm <= MAX_GSD_CM:
+            raise WeedsegError(f"--gsd must be from {MIN_GSD_CM:g} to {MAX_GSD_CM:g} cm per pixel, got {self.gsd_cm:g}")
 
 
 @dataclass(frozen=True)
 class GeoRef:
     """A GeoTIFF's affine map transform: x_map = a*col + b*row + c, y_map = d*col + e*row + f, with
-    (col, row) measured from the top-left corner of the top-left pixel; its CRS as an EPSG code."""
+    (col, row) measured from the top-left corner of the top-left pixel; its CRS (WKT, and EPSG code where
+    it has one) and the metres per map unit of a projected CRS (None: degrees, or Web Mercator)."""
 
     a: float
     b: float
@@ -55,8 +81,18 @@ class GeoRef:
     d: float
     e: float
     f: float
+    crs_wkt: str
     epsg: int | None
-    metres_per_unit: float | None  # None: degrees, or units not known
+    metres_per_unit: float | None
+
+    @property
+    def transform(self) -> tuple[float, float, float, float, float, float]:
+        """The transform in rasterio's (affine) order."""
+        return (self.a, self.b, self.c, self.d, self.e, self.f)
+
+    @property
+    def crs(self) -> pyproj.CRS:
+        return pyproj.CRS.from_wkt(self.crs_wkt)
 
     def to_map(self, col: float, row: float) -> tuple[float, float]:
         """Map coordinates of a point given in pixel-corner coordinates."""
@@ -66,9 +102,90 @@ class GeoRef:
         """Area of one pixel in squared map units."""
         return abs(self.a * self.e - self.b * self.d)
 
-    def crs_name(self) -> str | None:
-        """The CRS as an OGC URN (what GeoJSON's `crs` member and GDAL understand), if the EPSG code is known."""
-        return f"urn:ogc:def:crs:EPSG::{self.epsg}" if self.epsg else None
+    def to_lonlat(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """WGS 84 longitude and latitude of map coordinates."""
+        return pyproj.Transformer.from_crs(self.crs, WGS84, always_xy=True).transform(x, y)
+
+    def pixel_m2(self, width: int, height: int) -> float:
+        """Ground area of one pixel in m²: in the CRS when it is projected in linear units, else on the
+        ellipsoid, for the pixel at the image centre."""
+        if self.metres_per_unit:
+            return self.pixel_area() * self.metres_per_unit ** 2
+        col, row = width // 2, height // 2
+        corners = [self.to_map(col + dc, row + dr) for dc, dr in ((0, 0), (0, 1), (1, 1), (1, 0))]
+        lon, lat = self.to_lonlat(np.array([p[0] for p in corners]), np.array([p[1] for p in corners]))
+        area, _ = pyproj.Geod(ellps="WGS84").polygon_area_perimeter(lon, lat)
+        return abs(area)
+
+
+def crs_metres_per_unit(crs: pyproj.CRS) -> float | None:
+    """Metres per unit of a CRS projected in linear units, from pyproj; None for degrees and Web Mercator."""
+    if not crs.is_projected:
+        return None
+    operation = crs.coordinate_operation
+    if operation is not None and operation.method_name == PSEUDO_MERCATOR:
+        return None
+    axis = crs.axis_info[0] if crs.axis_info else None
+    return axis.unit_conversion_factor if axis is not None and axis.unit_conversion_factor > 0 else None
+
+
+def tag_problem(tags: GeoTags) -> str | None:
+    """Why a GeoTIFF's georeferencing tags cannot place it (a scale that is NaN or 0, tie points of the
+    wrong length, a singular transformation), or None when they can."""
+    def numbers(tag: int) -> list[float]:
+        value = tags[tag][0]
+        return [float(v) for v in (value if isinstance(value, tuple) else (value,))]
+
+    if TRANSFORMATION in tags:
+        m = numbers(TRANSFORMATION)
+        if len(m) != 16 or not all(math.isfinite(v) for v in m) or m[0] * m[5] - m[1] * m[4] == 0:
+            return "its ModelTransformation tag is not an invertible 4 x 4 matrix of finite numbers"
+        return None
+    tie = numbers(TIE_POINTS)
+    if len(tie) < 6 or len(tie) % 6 or not all(math.isfinite(v) for v in tie):
+        return f"its tie points tag holds {len(tie)} numbers, not 6 per tie point"
+    scale = numbers(PIXEL_SCALE) if PIXEL_SCALE in tags else []
+    if len(scale) < 2 or not all(math.isfinite(v) and v > 0 for v in scale[:2]):
+        return f"its pixel scale ({', '.join(f'{v:g}' for v in scale[:2]) or 'none'}) is not two positive numbers"
+    return None
+
+
+def georef_of(ds: rasterio.io.DatasetReader, name: str) -> GeoRef:
+    """The GeoRef of an open rasterio dataset; WeedsegError when it has no usable transform or CRS."""
+    t = ds.transform
+    if ds.crs is None or t.is_identity or not all(math.isfinite(v) for v in t[:6]) or t.determinant == 0:
+        raise WeedsegError(f"{name} has no usable georeference (a map transform and a CRS)")
+    try:
+        crs = pyproj.CRS.from_wkt(ds.crs.to_wkt())
+    except pyproj.exceptions.CRSError as exc:
+        raise WeedsegError(f"{name}: its CRS is not one PROJ knows ({exc}); set a known CRS, e.g. with "
+                           "gdal_edit.py -a_srs EPSG:CODE") from exc
+    return GeoRef(t.a, t.b, t.c, t.d, t.e, t.f, crs.to_wkt(), crs.to_epsg(), crs_metres_per_unit(crs))
+
+
+def open_raster(source: str | Path | bytes) -> rasterio.io.DatasetReader:
+    """A file or encoded bytes opened with rasterio (warnings about missing georeference silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return MemoryFile(source).open() if isinstance(source, bytes) else rasterio.open(source)
+
+
+def read_georef(source: str | Path | bytes, tags: GeoTags) -> tuple[GeoRef | None, str]:
+    """(GeoRef, "") of a GeoTIFF given its tags (from `geo_tags`), or (None, why it has none: areas in pixels)."""
+    problem = tag_problem(tags)
+    if problem:
+        return None, f"the GeoTIFF cannot be placed on the map: {problem}; outputs in pixels"
+    if not HAVE_GEO:
+        return None, f"GeoTIFF map coordinates and ground units need the geo extra ({GEO_INSTALL}); outputs in pixels"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with open_raster(source) as ds:
+                return georef_of(ds, "the GeoTIFF"), ""
+    except WeedsegError as exc:
+        return None, f"{exc}; outputs in pixels"
+    except RasterioIOError as exc:
+        return None, f"the GeoTIFF's georeference cannot be read ({exc}); outputs in pixels"
 
 
 @dataclass(frozen=True)
@@ -92,43 +209,46 @@ class Ground:
         """Where the GSD came from, in words (for the log)."""
         if self.gsd_cm is None:
             return f"no ground sampling distance ({self.note}); areas in pixels"
-        how = {"--gsd": "given with --gsd", "geotiff": "from the GeoTIFF pixel scale", "exif": f"from {self.note}"}
+        how = {"--gsd": "given with --gsd", "geotiff": f"from the GeoTIFF{self.note}", "exif": f"from {self.note}"}
         return f"{self.gsd_cm:.3g} cm per pixel, {how[self.source]}"
 
 
-def geo_keys(tags: outputs.GeoTags) -> dict[int, int]:
-    """The GeoKeys stored in a GeoKeyDirectory tag itself (the short-valued ones): key -> value."""
-    values = [int(v) for v in tags[34735][0]] if 34735 in tags else []
-    entries = values[4: 4 + 4 * values[3]] if len(values) >= 4 else []
-    return {key: value for key, location, _count, value in zip(*[iter(entries)] * 4) if location == 0}
+def georeferenced_ground(georef: GeoRef, width: int, height: int) -> Ground:
+    """The ground of a georeferenced raster of width x height pixels: its GSD from the pixel's ground area."""
+    how = "" if georef.metres_per_unit else " (pixel area on the ellipsoid at the image centre)"
+    m2 = georef.pixel_m2(width, height)
+    if not (math.isfinite(m2) and m2 > 0):  # e.g. degrees out of range
+        return Ground(None, "none", georef, "the GeoTIFF's pixels have no area on the ground in its CRS: pass --gsd")
+    return Ground(100.0 * math.sqrt(m2), "geotiff", georef, how)
 
 
-def georef_from_tags(tags: outputs.GeoTags) -> GeoRef:
-    """The affine transform and CRS of a GeoTIFF's tags (ModelTransformation, or pixel scale and tie point)."""
-    keys = geo_keys(tags)
-    if 34264 in tags:
-        m = [float(v) for v in tags[34264][0]]
-        a, b, c, d, e, f = m[0], m[1], m[3], m[4], m[5], m[7]
-    else:
-        sx, sy = (float(v) for v in tags[33550][0][:2]) if 33550 in tags else (1.0, 1.0)
-        i, j, _k, x, y = (float(v) for v in tags[33922][0][:5])
-        a, b, c, d, e, f = sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy
-    if keys.get(GT_RASTER_TYPE) == RASTER_PIXEL_IS_POINT:  # tie point at pixel centres: shift by half a pixel
-        c, f = c - 0.5 * (a + b), f - 0.5 * (d + e)
-    epsg = keys.get(PROJECTED_CRS) or keys.get(GEOGRAPHIC_CRS)
-    epsg = epsg if epsg and epsg != 32767 else None  # 32767: user-defined
-    return GeoRef(a, b, c, d, e, f, epsg, metres_per_unit(keys))
-
-
-def metres_per_unit(keys: dict[int, int]) -> float | None:
-    """Metres per map unit of a projected CRS: from its linear-units key, or for UTM zones (always metres)."""
-    if keys.get(GT_MODEL_TYPE) == MODEL_TYPE_GEOGRAPHIC or keys.get(PROJECTED_CRS) in WEB_MERCATOR:
+def read_geo_tags(path: Path) -> GeoTags | None:
+    """The georeferencing tags of a GeoTIFF, or None for any other image."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
         return None
-    if PROJ_LINEAR_UNITS in keys:
-        return METRES_PER_UNIT.get(keys[PROJ_LINEAR_UNITS])
-    code = keys.get(PROJECTED_CRS, 0)
-    utm = 32601 <= code <= 32660 or 32701 <= code <= 32760 or 25828 <= code <= 25838 or 26901 <= code <= 26923
-    return 1.0 if utm else None  # WGS 84, ETRS89 and NAD83 UTM zones
+    try:
+        with Image.open(path) as im:
+            return geo_tags(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # reading the pixels reports the problem
+
+
+def geo_tags(im: Image.Image) -> GeoTags | None:
+    """The georeferencing tags of an opened image, or None unless it is a GeoTIFF."""
+    tags = getattr(im, "tag_v2", {})
+    geo = {t: (tags[t], tags.tagtype[t]) for t in GEO_TAGS if t in tags}
+    return geo if (TIE_POINTS in geo or TRANSFORMATION in geo) else None
+
+
+def geotiff_bytes(mask: np.ndarray, geo: GeoTags) -> bytes:
+    """A deflate-compressed single-band TIFF of `mask` carrying the input's georeferencing tags."""
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag, (value, kind) in geo.items():
+        ifd[tag] = value
+        ifd.tagtype[tag] = kind
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="TIFF", tiffinfo=ifd, compression="tiff_adobe_deflate")
+    return buf.getvalue()
 
 
 def exif_gsd_cm(im: Image.Image, options: GroundOptions) -> tuple[float | None, str]:
@@ -153,7 +273,7 @@ def describe_ground(source: str | Path | BinaryIO | bytes, options: GroundOption
     """The GSD and map transform of an image file (only its header is read)."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            return ground_of(im, options)
+            return ground_of(im, options, source if isinstance(source, (bytes, str, Path)) else None)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return _unreadable(options)
 
@@ -162,24 +282,25 @@ def _unreadable(options: GroundOptions) -> Ground:
     return Ground(options.gsd_cm, "--gsd" if options.gsd_cm else "none", None, "the image header cannot be read")
 
 
-def ground_of(im: Image.Image, options: GroundOptions) -> Ground:
+def ground_of(im: Image.Image, options: GroundOptions, source: str | Path | bytes | None = None) -> Ground:
     """`describe_ground` of an image already open, from the header read then (GeoTIFF tags, EXIF): predict's
-    readers open each file once for its size, its ground and its pixels."""
+    readers open each file once for its size, its ground and its pixels. A GeoTIFF's transform and CRS are read
+    from `source` (default: the file `im` was opened from)."""
     try:
-        tags = outputs.geo_tags(im)
-        georef = georef_from_tags(tags) if tags else None
+        tags = geo_tags(im)
         exif_gsd, how = exif_gsd_cm(im, options) if options.altitude_m else (None, "")
     except (OSError, ValueError, SyntaxError):
         return _unreadable(options)
+    georef = None
+    if tags:
+        georef, how = read_georef(source if source is not None else im.filename, tags)
     if options.gsd_cm:
         return Ground(None, "none", georef).given(options.gsd_cm)
-    if georef and georef.metres_per_unit:
-        return Ground(100.0 * georef.metres_per_unit * math.sqrt(georef.pixel_area()), "geotiff", georef)
-    if exif_gsd:
-        return Ground(exif_gsd, "exif", georef, how)
     if georef:
-        how = "the GeoTIFF's CRS is not projected in metres or feet: pass --gsd"
-    return Ground(None, "none", georef, how or "no --gsd, GeoTIFF pixel scale, or --altitude with an EXIF focal length")
+        return georeferenced_ground(georef, *im.size)
+    if exif_gsd:
+        return Ground(exif_gsd, "exif", None, how)
+    return Ground(None, "none", None, how or "no --gsd, GeoTIFF pixel scale, or --altitude with an EXIF focal length")
 
 
 @dataclass(frozen=True)

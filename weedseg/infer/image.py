@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .. import WeedsegError
+from .. import WeedsegError, familiarity
 from ..data.io import MAX_IMAGE_PIXELS, open_checked, read_rgb
 from ..data.transforms import resize_short_side
 from . import pictures, tables
@@ -67,13 +67,15 @@ class SessionBudget:
 
 def segment_rgb(seg: Segmenter, rgb: np.ndarray, short_side: int | None = PredictOptions.short_side,
                 tile: int = PredictOptions.tile, overlap: int = PredictOptions.overlap,
-                batch_size: int = PredictOptions.batch_size) -> np.ndarray:
+                batch_size: int = PredictOptions.batch_size, features: list[np.ndarray] | None = None) -> np.ndarray:
     """Class-index mask (H, W) of an HxWx3 uint8 RGB image, computed as `weedseg predict` does, with its
-    defaults (short_side None: the model's resolution; 0: native)."""
+    defaults (short_side None: the model's resolution; 0: native); `features` gets the pooled encoder features
+    of every model call (see Segmenter.run)."""
     side = seg.info.input_short_side if short_side is None else short_side
     check_model_pixels(rgb.shape[1], rgb.shape[0], side)
     x = seg.model_input(resize_short_side(rgb, side))
-    return predict_mask(x, seg.run, *rgb.shape[:2], tile, overlap, batch_size, seg.info.size_multiple)
+    return predict_mask(x, lambda b: seg.run(b, features), *rgb.shape[:2], tile, overlap, batch_size,
+                        seg.info.size_multiple)
 
 
 def colour_mask(mask: np.ndarray, colors: list[list[int]]) -> np.ndarray:
@@ -152,7 +154,7 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
 
 def summary_columns(classes: list[str]) -> list[str]:
     """Columns of the upload page's summary CSV: those of `weedseg predict` plus the weed-to-crop ratio."""
-    columns = tables.summary_columns(classes)
+    columns = tables.summary_columns(classes, familiarity.COLUMNS)
     columns.insert(columns.index("mask"), "weed_crop_ratio")
     return columns
 
@@ -170,6 +172,7 @@ class SegmentedImage:
     ground: Ground = field(default_factory=lambda: Ground(None, "none"))  # from the file (GeoTIFF tags)
     plan: SprayPlan | None = None
     settings: tuple = ()  # what `row`, `cells` and `plan` were computed for
+    familiarity: dict = field(default_factory=dict)  # summary fields: familiarity, unfamiliar (none if unknown)
 
     @property
     def stem(self) -> str:
@@ -185,7 +188,7 @@ class SegmentedImage:
         row, self.cells, self.plan = summarize_mask(self.mask, classes, ground, spray, grid_cell)
         self.grid_cell = self.plan.cell_px if self.plan else grid_cell
         spray_map = {"spray_map": f"{self.stem}.spray.geojson"} if self.plan else {}
-        self.row = {"image": self.name, "status": "predicted", **row, **spray_map,
+        self.row = {"image": self.name, "status": "predicted", **row, **spray_map, **self.familiarity,
                     "weed_crop_ratio": weed_crop_ratio(row), "mask": f"{self.stem}.mask.png"}
         self.settings = (grid_cell, ground, spray)
 
@@ -206,5 +209,7 @@ def segment_upload(seg: Segmenter, data: bytes, name: str, short_side: int | Non
     """Decode and segment one uploaded image named `name` (from safe_name); WeedsegError with a message
     for the user if it cannot be."""
     rgb = decode_image(data)
-    return SegmentedImage(name, rgb, segment_rgb(seg, rgb, short_side, tile, overlap, batch_size),
-                          ground=describe_ground(data, GroundOptions()))
+    features: list[np.ndarray] = []
+    mask = segment_rgb(seg, rgb, short_side, tile, overlap, batch_size, features)
+    return SegmentedImage(name, rgb, mask, ground=describe_ground(data, GroundOptions()),
+                          familiarity=familiarity.verdict_rows(seg.familiarity, features, 1, pool=True)[0])

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import WeedsegError
+from ..familiarity import PROPS_KEY as FAMILIARITY_KEY
+from ..familiarity import FamiliarityStats
 
 FORMAT = "weedseg.onnx/1"
 MAX_INPUT_SHORT_SIDE = 4096  # a larger model resolution would need gigabytes per image
@@ -43,6 +45,7 @@ class ModelInfo:
     weedseg_version: str
     precision: str = "fp32"  # fp32 or int8
     train_gsd_cm: float | None = None  # ground sampling distance of the training images as the model saw them
+    familiarity: FamiliarityStats | None = None  # what its training photos looked like (weedseg.familiarity)
 
     @property
     def background(self) -> int | None:
@@ -52,6 +55,7 @@ class ModelInfo:
     def to_props(self) -> dict[str, str]:
         """The metadata_props entries (all strings) that describe this model."""
         gsd = {} if self.train_gsd_cm is None else {"weedseg.train_gsd_cm": str(self.train_gsd_cm)}
+        familiar = {} if self.familiarity is None else {FAMILIARITY_KEY: self.familiarity.to_json()}
         return {
             "weedseg.format": FORMAT,
             "weedseg.version": self.weedseg_version,
@@ -63,6 +67,7 @@ class ModelInfo:
             "weedseg.size_multiple": str(self.size_multiple),
             "weedseg.input_short_side": str(self.input_short_side),
             **gsd,
+            **familiar,
         }
 
     @classmethod
@@ -89,6 +94,8 @@ class ModelInfo:
                 weedseg_version=props.get("weedseg.version", "unknown"),
                 precision=props.get("weedseg.precision", "fp32"),
                 train_gsd_cm=float(props["weedseg.train_gsd_cm"]) if "weedseg.train_gsd_cm" in props else None,
+                familiarity=(FamiliarityStats.from_json(props[FAMILIARITY_KEY], source)
+                             if FAMILIARITY_KEY in props else None),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise fail(f"metadata missing or malformed ({type(exc).__name__}: {exc})") from exc

@@ -41,13 +41,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .. import WeedsegError
-from ..data.io import DECODE_PIXEL_BYTES, image_size, open_checked, rgb_pixels, scan_images
+from .. import WeedsegError, familiarity
+from ..data.io import DECODE_PIXEL_BYTES, MAX_IMAGE_PIXELS, image_size, open_checked, rgb_pixels, scan_images
 from ..data.transforms import resize_short_side, short_side_size
-from . import atomic, outputs, pictures, tables
+from . import atomic, pictures, tables
 from .budget import MemoryBudget, return_freed_memory
-from .geo import Ground, GroundOptions, check_resolution, describe_ground, ground_of
+from .field_map import OrthoRoute
+from .geo import (GeoTags, Ground, GroundOptions, check_resolution, describe_ground, geo_tags, geotiff_bytes, ground_of,
+                  read_geo_tags)
 from .metadata import ModelInfo
+from .ortho import OrthoOptions, raster_pixels
 from .outdir import DISK_ERRNOS, RunJournal, claim_output_folder, run_record
 from .session import Segmenter, cpu_count
 from .spray import SprayPlan, SpraySettings, summarize_mask, write_run_outputs, write_spray_map
@@ -161,6 +164,7 @@ class PredictOptions:
     ground: GroundOptions = field(default_factory=GroundOptions)
     spray: SpraySettings = field(default_factory=SpraySettings)
     outputs: tuple[str, ...] = OUTPUTS  # the mask is always written: it marks an image done
+    ortho: OrthoOptions = field(default_factory=OrthoOptions)
 
     def row_settings(self) -> dict:
         """The settings a summary row depends on beyond the run record's (a journal row made with others is
@@ -177,7 +181,7 @@ class Prepared:
     rgb: np.ndarray | None  # the photo where an output is drawn on it (else dropped once the model input is made)
     size: tuple[int, int]  # the photo's full (height, width): the mask's
     x: np.ndarray  # normalised (3, h, w) at the model's resolution
-    geo: outputs.GeoTags | None
+    geo: GeoTags | None
     ground: Ground
     fields: dict = field(default_factory=dict)  # summary fields from Predictor.model_fields
 
@@ -229,7 +233,8 @@ def plan_jobs(images: list[Path], root: Path, out: Path, overlay_format: str) ->
         if clashes[fold(base)] > 1:
             base = base.with_name(f"{base.name}-{hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]}")
         base = out / base
-        geo_ext = ".tif" if rel.suffix.lower() in (".tif", ".tiff") and outputs.read_geo_tags(path) else ".png"
+        tiff = rel.suffix.lower() in (".tif", ".tiff")
+        geo_ext = ".tif" if tiff and (read_geo_tags(path) or raster_pixels(path) > MAX_IMAGE_PIXELS) else ".png"
         jobs.append(Job(i, path, rel.as_posix(), base.with_name(base.name + ".mask" + geo_ext),
                         base.with_name(f"{base.name}.overlay.{overlay_format}"), base.with_name(base.name + ".grid.csv")))
     return jobs
@@ -303,9 +308,14 @@ class Predictor:
                         "class and every class gets an area", ", ".join(seg.info.classes))
         self.settings = options.row_settings()
         self.needs_photo = any(IMAGE_OUTPUTS[k].needs_photo for k in options.outputs if k in IMAGE_OUTPUTS)
-        self.routes: list[Route] = []
+        self.routes: list[Route] = [OrthoRoute(seg, options)]
         self.model_fields: list[ModelFields] = []
-        self.extra_columns: tuple[str, ...] = ()  # summary.csv columns the hooks above add
+        self.extra_columns: tuple[str, ...] = familiarity.COLUMNS  # summary.csv columns beyond the mask's
+        if seg.familiarity is None:
+            log.warning("%s: %s", seg.path.name, familiarity.UNKNOWN_MESSAGE)
+        elif self.short_side != seg.familiarity.short_side:
+            log.warning("familiarity was measured at short side %s and these photos are segmented at %s: its scores "
+                        "are less reliable", seg.familiarity.short_side, self.short_side)
         self.told: set[object] = set()  # ground sources and resolution warnings already logged (see first_time)
         self._told_lock = threading.Lock()
 
@@ -347,7 +357,7 @@ class Predictor:
         and ground units too. A JPEG the model sees at half its size or less is decoded at reduced size (DCT
         scaling) unless an output is drawn on the photo."""
         with open_checked(job.path) as im:
-            geo = outputs.geo_tags(im) if job.mask.suffix == ".tif" else None
+            geo = geo_tags(im) if job.mask.suffix == ".tif" else None
             ground = ground_of(im, self.opt.ground)
             height, width = oriented_size(im)
             reduced = draft_size(*im.size, self.short_side) if not self.needs_photo else None
@@ -369,7 +379,10 @@ class Predictor:
     def predict_batch(self, batch: list[Prepared]) -> list[np.ndarray]:
         """Logits of images of one model-input shape in one model call; `model_fields` add to their fields."""
         x = np.stack([b.x for b in batch])
-        logits = run_padded(self.seg.run, x, self.seg.info.size_multiple)
+        features: list[np.ndarray] = []
+        logits = run_padded(lambda b: self.seg.run(b, features), x, self.seg.info.size_multiple)
+        for b, extra in zip(batch, familiarity.verdict_rows(self.seg.familiarity, features, len(batch))):
+            b.fields.update(extra)
         for hook in self.model_fields:
             for b, extra in zip(batch, hook(x, logits)):
                 b.fields.update(extra)
@@ -379,9 +392,17 @@ class Predictor:
         """Tiled prediction; at native resolution finished rows go straight into the mask (bounded memory)."""
         o, m = self.opt, self.seg.info.size_multiple
         h, w = item.x.shape[1:]
+        features: list[np.ndarray] = []  # of every tile: their mean is the image's
+
+        def run(b: np.ndarray) -> np.ndarray:
+            return self.seg.run(b, features)
+
         if (h, w) != item.size:  # upsampled later, in a writer thread
-            return predict_logits(item.x, self.seg.run, o.tile, o.overlap, o.batch_size, m), None
-        return None, predict_mask(item.x, self.seg.run, h, w, o.tile, o.overlap, o.batch_size, m)
+            result = predict_logits(item.x, run, o.tile, o.overlap, o.batch_size, m), None
+        else:
+            result = None, predict_mask(item.x, run, h, w, o.tile, o.overlap, o.batch_size, m)
+        item.fields.update(familiarity.verdict_rows(self.seg.familiarity, features, 1, pool=True)[0])
+        return result
 
     # --- stage 4: writer threads
     def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
@@ -390,7 +411,7 @@ class Predictor:
             mask = upsample_argmax(logits, *item.size)
         result = self.summarize(item.job, mask, item.ground, item.rgb)
         self.write(result, [k for k in self.opt.outputs if k in IMAGE_OUTPUTS])
-        data = outputs.geotiff_bytes(mask, item.geo) if item.geo else pictures.encode_mask(mask)
+        data = geotiff_bytes(mask, item.geo) if item.geo else pictures.encode_mask(mask)
         atomic.atomic_write(item.job.mask, data)  # last: with its journal line, it marks the image done
         return {**result.row, **item.fields}
 
@@ -482,14 +503,14 @@ class Run:
         p, routed = self.p, []
         kinds = [k for k in p.opt.outputs if k in IMAGE_OUTPUTS]
         for job in jobs:
+            handler = p.route(job)  # a routed file decides itself what is left to do
+            if handler is not None:
+                routed.append((job, handler))
+                continue
             entry = None if p.opt.overwrite or self.journal is None else \
                 self.journal.finished(job.name, job.path, job.mask)
             if entry is None:
-                handler = p.route(job)
-                if handler is not None:
-                    routed.append((job, handler))
-                else:
-                    self.pending.append(job)
+                self.pending.append(job)
                 continue
             fields = entry["row"]
             same = entry.get("settings") == p.settings
@@ -633,6 +654,10 @@ def predict_path(input_path: str | Path, out: str | Path, seg: Segmenter, option
     with claim_output_folder(out, record, options.overwrite) as journal:
         try:
             (run_jobs or predictor.run)(jobs, out, lambda job, row: rows.__setitem__(job.index, row), progress, journal)
+            flagged, scored = familiarity.count_flagged(list(rows.values()))
+            if scored and seg.familiarity is not None:
+                log.log(logging.WARNING if flagged else logging.INFO,
+                        familiarity.flagged_message(flagged, scored, seg.familiarity.field))
         finally:  # an interrupted run still records what it finished
             summary.rows = [rows[i] for i in sorted(rows)]
             summary.rows += [{"image": line.split(": ", 1)[0], "status": "failed", "error": line} for line in unreadable]

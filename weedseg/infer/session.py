@@ -75,14 +75,29 @@ class Segmenter:
             self.engine, self.path = choose_faster(self.path, self.engine, threads, int8, spin)
             self.info = ModelInfo.from_props(self.engine.metadata, str(self.path))
         self.provider = self.engine.provider
+        # what familiarity scores with: the model's statistics, where it also outputs the features they describe
+        self.familiarity = self.info.familiarity if self.engine.has_features else None
         self._scale = (1.0 / (255.0 * np.asarray(self.info.std, np.float32))).astype(np.float32)
         self._shift = (np.asarray(self.info.mean, np.float32) / np.asarray(self.info.std, np.float32)).astype(np.float32)
         log.info("engine: %s %s, %s, on %s (%s threads): %s", self.engine.name, self.engine.version,
                  self.engine.precision.upper(), self.provider, threads, self.path)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits (N, classes, H, W) for a normalised float32 batch (N, 3, H, W)."""
-        return tta_logits(lambda b: self.engine.run(np.ascontiguousarray(b)), batch, self.tta)
+    def run(self, batch: np.ndarray, features: list[np.ndarray] | None = None) -> np.ndarray:
+        """Logits (N, classes, H, W) for a normalised float32 batch (N, 3, H, W). With a `features` list and a
+        model that outputs them, the batch's pooled encoder features (N, D) are appended to it (of the batch as
+        given, not of its TTA copies): what familiarity scores (weedseg.familiarity)."""
+        wanted = features is not None and self.engine.has_features
+
+        def call(b: np.ndarray) -> np.ndarray:
+            nonlocal wanted
+            if not wanted:
+                return self.engine.run(np.ascontiguousarray(b))
+            logits, pooled = self.engine.run_features(np.ascontiguousarray(b))
+            features.append(pooled)
+            wanted = False  # the first view is the batch as given
+            return logits
+
+        return tta_logits(call, batch, self.tta)
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB -> normalised 3xHxW float32, as the model was trained: one OpenCV pass per colour plane

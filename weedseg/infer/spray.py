@@ -8,10 +8,11 @@ the whole image at the same dose, ignoring nozzle overlap, boom latency and safe
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-from collections import Counter
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,16 @@ import cv2
 import numpy as np
 
 from .. import WeedsegError
-from . import atomic, tables
-from .geo import Ground
+from . import atomic, tables, vector
+from .geo import GeoRef, Ground
 
 log = logging.getLogger(__name__)
 
 SAVING_NOTE = ("estimate: share of the image area outside the sprayed cells, against broadcast spraying at the "
                "same dose; ignores nozzle overlap, boom latency and safety margins")
+MIN_CELL_PX = 4  # smaller cells say nothing a sprayer can act on
+MAX_CELLS = 250_000  # per photo: more cells than this only cost memory (a 1-pixel grid of a 48 MP photo took 5 GB)
+LONLAT_NOTE = "RFC 7946: WGS 84 longitude and latitude"
 PIXEL_NOTE = ("image pixel coordinates (x to the right, y down, origin at the top-left corner of the image): "
               "the image is not georeferenced")
 
@@ -48,11 +52,23 @@ class SpraySettings:
             raise WeedsegError(f"--cell-m must be a positive number of metres, got {self.cell_m}")
 
 
-def cell_pixels(ground: Ground, settings: SpraySettings, grid_cell: int) -> int:
-    """Grid cell size in image pixels: `cell_m` at the image's GSD when both are known, else `grid_cell`."""
-    if settings.cell_m is None or ground.gsd_cm is None:
-        return grid_cell
-    return max(1, round(settings.cell_m * 100.0 / ground.gsd_cm))
+def cell_pixels(ground: Ground, settings: SpraySettings, grid_cell: int, shape: tuple[int, int],
+                max_cells: int = MAX_CELLS) -> int:
+    """Grid cell size in image pixels: `cell_m` at the image's GSD when both are known, else `grid_cell`; raised
+    (said once per size) to MIN_CELL_PX and to the size that gives an image of `shape` at most `max_cells` cells."""
+    asked = grid_cell if settings.cell_m is None or ground.gsd_cm is None else settings.cell_m * 100.0 / ground.gsd_cm
+    least = max(MIN_CELL_PX, math.ceil(math.sqrt(shape[0] * shape[1] / max_cells)))
+    if asked >= least:
+        return max(1, round(asked))
+    _say_raised(round(asked, 2), least, ground.gsd_cm)
+    return least
+
+
+@functools.cache
+def _say_raised(asked: float, used: int, gsd_cm: float | None) -> None:
+    size = f"{asked:g} pixels" if gsd_cm is None else f"{asked:g} pixels ({asked * gsd_cm / 100:g} m)"
+    log.warning("grid cells of %s are too small for spray decisions: using %d pixels%s", size, used,
+                "" if gsd_cm is None else f" ({used * gsd_cm / 100:.3g} m)")
 
 
 def min_patch_pixels(ground: Ground, settings: SpraySettings) -> int:
@@ -114,7 +130,7 @@ def plan_spray(mask: np.ndarray, classes: list[str], ground: Ground, settings: S
     the model has no weed class."""
     if "weed" not in classes:
         return None
-    cell = cell_pixels(ground, settings, grid_cell)
+    cell = cell_pixels(ground, settings, grid_cell, mask.shape)
     min_px = min_patch_pixels(ground, settings)
     weed = drop_specks(mask == classes.index("weed"), min_px)
     cells = tables.weed_grid(weed, 1, cell)
@@ -137,19 +153,12 @@ def summarize_mask(mask: np.ndarray, classes: list[str], ground: Ground, setting
     return ({**row, **plan.row()} if plan else row), cells, plan
 
 
-def _ring(plan: SprayPlan, points: list[tuple[float, float]]) -> list[list[float]]:
-    """A closed polygon ring in map coordinates (GeoTIFF) or pixel coordinates."""
-    georef = plan.ground.georef
-    if georef is None:
-        ring = [[float(x), float(y)] for x, y in points]
-    else:
-        digits = 3 if georef.metres_per_unit else 9  # millimetres, or about 0.1 mm in degrees
-        ring = [[round(v, digits) for v in georef.to_map(x, y)] for x, y in points]
-    return ring + ring[:1]
-
-
-def _feature(ring: list[list[float]], properties: dict) -> dict:
-    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}
+def _cell_geometry(c: tables.GridCell, georef: GeoRef | None) -> dict:
+    """A grid cell's polygon: WGS 84 longitude/latitude with a georeference, else pixel coordinates."""
+    if georef is not None:
+        return vector.box_geometry(c.x0, c.y0, c.x1, c.y1, georef)
+    ring = [[float(x), float(y)] for x, y in ((c.x0, c.y0), (c.x0, c.y1), (c.x1, c.y1), (c.x1, c.y0), (c.x0, c.y0))]
+    return {"type": "Polygon", "coordinates": [ring]}
 
 
 def _area(plan: SprayPlan, pixels: int) -> dict:
@@ -158,21 +167,22 @@ def _area(plan: SprayPlan, pixels: int) -> dict:
 
 
 def spray_geojson(plan: SprayPlan, image: str) -> dict:
-    """The spray map of one image as a GeoJSON FeatureCollection: one polygon per cell to spray (and per
-    weed patch with `settings.patches`), in the GeoTIFF's CRS or, said in the file, in pixel coordinates."""
-    features = [_feature(_ring(plan, [(c.x0, c.y0), (c.x0, c.y1), (c.x1, c.y1), (c.x1, c.y0)]),
-                         {"image": image, "kind": "spray_cell", "row": c.row, "col": c.col, "weed_pct": c.weed_pct,
-                          **_area(plan, plan.cell_area_px(c))})
-                for c, s in zip(plan.cells, plan.spray) if s]
-    if plan.settings.patches:
-        features += weed_patches(plan, image)
+    """The spray map of one image as a GeoJSON FeatureCollection: one polygon per cell to spray (and per weed
+    patch with `settings.patches`), RFC 7946 (WGS 84 longitude/latitude) for a georeferenced image, else in pixel
+    coordinates, as the file says."""
     georef, s = plan.ground.georef, plan.settings
+    features = [{"type": "Feature", "geometry": _cell_geometry(c, georef),
+                 "properties": {"image": image, "kind": "spray_cell", "row": c.row, "col": c.col,
+                                "weed_pct": c.weed_pct, **_area(plan, plan.cell_area_px(c))}}
+                for c, sprayed in zip(plan.cells, plan.spray) if sprayed]
+    if s.patches:
+        features += [{"type": "Feature", "geometry": geometry,
+                      "properties": {"image": image, "kind": "weed_patch", **_area(plan, pixels)}}
+                     for geometry, pixels in vector.patch_features(plan.weed, georef)]
     doc: dict = {"type": "FeatureCollection", "name": f"{image} spray cells"}
-    if georef is not None and georef.crs_name():
-        doc["crs"] = {"type": "name", "properties": {"name": georef.crs_name()}}
     doc["weedseg"] = {
-        "image": image, "coordinates": "pixels" if georef is None else "map",
-        "coordinate_note": PIXEL_NOTE if georef is None else "map coordinates in the CRS of the input GeoTIFF",
+        "image": image, "coordinates": "pixels" if georef is None else "lonlat",
+        "coordinate_note": PIXEL_NOTE if georef is None else LONLAT_NOTE,
         "gsd_cm": plan.ground.gsd_cm, "gsd_source": plan.ground.source, "cell_px": plan.cell_px,
         "spray_threshold_pct": s.threshold_pct, "min_patch_px": plan.min_patch_px,
         **{k: v for k, v in plan.row().items() if k in ("cells", "spray_cells", "sprayed_pct", "sprayed_m2",
@@ -182,23 +192,32 @@ def spray_geojson(plan: SprayPlan, image: str) -> dict:
     return doc
 
 
-def weed_patches(plan: SprayPlan, image: str) -> list[dict]:
-    """One polygon per weed patch (outer boundary through the edge pixels' centres; holes not drawn)."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(plan.weed, connectivity=8)
-    features = []
-    for i in range(1, n):
-        x, y, w, h, area = stats[i]
-        patch = (labels[y: y + h, x: x + w] == i).astype(np.uint8)
-        contours, _ = cv2.findContours(patch, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        outline = max(contours, key=len).reshape(-1, 2)
-        if len(outline) < 3:  # a single pixel or a one-pixel line: draw its pixel box
-            x0, y0 = outline.min(0)
-            x1, y1 = outline.max(0) + 1
-            points = [(x + x0, y + y0), (x + x0, y + y1), (x + x1, y + y1), (x + x1, y + y0)]
-        else:
-            points = [(x + px + 0.5, y + py + 0.5) for px, py in outline]
-        features.append(_feature(_ring(plan, points), {"image": image, "kind": "weed_patch", **_area(plan, int(area))}))
-    return features
+def spray_grid(plan: SprayPlan) -> np.ndarray:
+    """The plan's spray decisions as a (rows, cols) uint8 0/1 grid."""
+    grid = np.zeros((plan.cells[-1].row + 1, plan.cells[-1].col + 1), np.uint8)
+    for c, sprayed in zip(plan.cells, plan.spray):
+        grid[c.row, c.col] = sprayed
+    return grid
+
+
+def shapefile_zip_bytes(plan: SprayPlan, stem: str) -> bytes:
+    """The plan's prescription map as a zipped Shapefile STEM.spray.* (the page's download)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        [shp] = write_prescription_maps(Path(tmp) / f"{stem}.spray", plan, (".shp",))
+        return vector.shapefile_zip(shp)
+
+
+def write_prescription_maps(base: Path, plan: SprayPlan, suffixes: tuple[str, ...] = (".gpkg", ".shp")) -> list[Path]:
+    """Write the plan's spray / no-spray zones as prescription maps BASE.gpkg and BASE.shp in the image's CRS."""
+    georef = plan.ground.georef
+    if georef is None:
+        raise WeedsegError("prescription maps need a georeferenced image (a GeoTIFF)")
+    h, w = plan.weed.shape
+    zones = vector.prescription_zones(spray_grid(plan), plan.cell_px, w, h, georef, plan.ground.pixel_m2())
+    paths = [base.with_name(base.name + suffix) for suffix in suffixes]
+    for path in paths:
+        vector.write_prescription(path, zones, georef)
+    return paths
 
 
 def draw_spray_cells(picture: np.ndarray, plan: SprayPlan, color: tuple[int, int, int] = (255, 214, 0),
@@ -228,24 +247,20 @@ def write_spray_map(path: Path, plan: SprayPlan, image: str) -> None:
     atomic.atomic_write(path, spray_map_bytes(plan, image))
 
 
-def write_run_map(path: Path, maps: list[Path]) -> tuple[int, list[str]]:
-    """Merge the georeferenced per-image spray maps into one GeoJSON at `path` (images in the CRS most of
-    them share), or remove a previous run's `path` when none is georeferenced; returns the number of images
-    merged and the names of those left out for another CRS."""
+def write_run_map(path: Path, maps: list[Path]) -> int:
+    """Merge the georeferenced per-image spray maps (all in WGS 84) into one GeoJSON at `path`, or remove a
+    previous run's `path` when none is georeferenced; returns the number of images merged."""
     docs = [json.loads(p.read_text()) for p in maps if p.is_file()]
-    docs = [d for d in docs if d["weedseg"]["coordinates"] == "map"]
+    docs = [d for d in docs if d["weedseg"]["coordinates"] == "lonlat"]
     if not docs:
         path.unlink(missing_ok=True)
-        return 0, []
-    crs = Counter(json.dumps(d.get("crs")) for d in docs).most_common(1)[0][0]
-    kept = [d for d in docs if json.dumps(d.get("crs")) == crs]
-    merged: dict = {"type": "FeatureCollection", "name": "spray cells of all georeferenced images"}
-    if json.loads(crs):
-        merged["crs"] = json.loads(crs)
-    merged["weedseg"] = {"images": [d["weedseg"]["image"] for d in kept], "herbicide_saving_note": SAVING_NOTE}
-    merged["features"] = [f for d in kept for f in d["features"]]
+        return 0
+    merged = {"type": "FeatureCollection", "name": "spray cells of all georeferenced images",
+              "weedseg": {"images": [d["weedseg"]["image"] for d in docs], "coordinate_note": LONLAT_NOTE,
+                          "herbicide_saving_note": SAVING_NOTE},
+              "features": [f for d in docs for f in d["features"]]}
     atomic.atomic_write(path, json.dumps(merged, separators=(",", ":")).encode())
-    return len(kept), [d["weedseg"]["image"] for d in docs if json.dumps(d.get("crs")) != crs]
+    return len(docs)
 
 
 def write_run_outputs(out: Path, rows: list[dict]) -> dict:
@@ -258,13 +273,11 @@ def write_run_outputs(out: Path, rows: list[dict]) -> dict:
         return totals
     atomic.atomic_write(out / "spray_summary.json", json.dumps(totals, indent=1).encode())
     maps = [out / r["spray_map"] for r in rows if r.get("spray_map")]
-    merged, left_out = write_run_map(out / "spray_map.geojson", maps)
+    merged = write_run_map(out / "spray_map.geojson", maps)
     log.info("spray %d of %d cells: %.1f %% of the area; herbicide saving %.1f %% (estimate); %s",
              totals["spray_cells"], totals["cells"], totals["sprayed_pct"], totals["herbicide_saving_pct_est"],
              f"map of {merged} georeferenced images: {out / 'spray_map.geojson'}" if merged else
              "no georeferenced image, so no run-level map")
-    if left_out:
-        log.warning("left out of spray_map.geojson for another CRS than the others: %s", ", ".join(left_out))
     return totals
 
 

@@ -46,6 +46,10 @@ class UNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(c1, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segment(x)[0]
+
+    def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the encoder's four feature maps (of the padded input), from one pass."""
         h, w = x.shape[-2:]
         m = self.size_multiple
         pad_h, pad_w = (-h) % m, (-w) % m
@@ -53,10 +57,11 @@ class UNet(nn.Module):
             # reflect needs the pad to be smaller than the side; replicate covers tiny inputs
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        f1, f2, f3, f4 = self.encoder(x)
+        features = self.encoder(x)
+        f1, f2, f3, f4 = features
         y = self.decoder[0](f4, f3)
         y = self.decoder[1](y, f2)
         y = self.decoder[2](y, f1)
         y = self.head(y)
         y = F.interpolate(y, scale_factor=4, mode="bilinear", align_corners=False)
-        return y[..., :h, :w]
+        return y[..., :h, :w], features
