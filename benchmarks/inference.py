@@ -12,6 +12,15 @@ measured alone on the same images: the bare engine (on already prepared batches)
 (the pipeline with the engine replaced by recorded logits), at the model's input resolution and at
 native resolution.
 Prints Markdown tables and writes the numbers as JSON.
+
+    .venv/bin/python benchmarks/inference.py --pipeline-cost --pipeline-images 60 --runs 5
+
+measures predict's own cost instead (no checkpoint needed: the shipped ONNX model or --model):
+`weedseg predict --outputs mask` over peanut photos against the bare ONNX Runtime session on the same
+photos prepared beforehand, on 1 core and on 2 (the process pinned to them, as many engine threads),
+with each speed-up of the pipeline turned back in turn to show what it brings, and `--engine auto`;
+by wall time and by CPU time (all threads: on a shared machine, one core's CPU time gives the rate a
+quiet core would).
 """
 
 from __future__ import annotations
@@ -28,9 +37,11 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 import torch
@@ -38,12 +49,13 @@ import torch
 from weedseg.checkpoint import load_checkpoint, model_from_checkpoint
 from weedseg.data import open_dataset
 from weedseg.data.io import read_rgb
+from weedseg.data.locate import find_dataset_root
 from weedseg.data.transforms import resize_short_side
 from weedseg.export import export_checkpoint
-from weedseg.infer import engines
+from weedseg.infer import budget, engines, pictures, pipeline
 from weedseg.infer.pipeline import PredictOptions, predict_path
-from weedseg.infer.session import Segmenter, cpu_count
-from weedseg.infer.tiling import pad_to_multiple
+from weedseg.infer.session import Segmenter, cpu_count, resolve_model_path
+from weedseg.infer.tiling import pad_to_multiple, run_padded, upsample_argmax
 
 
 def images_per_s(fn, inputs: list[np.ndarray], per_call: int = 1) -> float:
@@ -99,6 +111,126 @@ def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return rgb[y : y + size, x : x + size]
 
 
+def numpy_model_input(seg: Segmenter, rgb: np.ndarray) -> np.ndarray:
+    """Segmenter.model_input as it was: numpy broadcasting over the colour axis, then a transposed copy."""
+    x = rgb.astype(np.float32) * seg._scale - seg._shift
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+# Each speed-up of predict's own work, turned back (what the pipeline did before it)
+TURNED_BACK = {
+    "normalisation in numpy": lambda: mock.patch.object(Segmenter, "model_input", numpy_model_input),
+    "mmap threshold 1 MiB": lambda: mock.patch.object(budget, "MMAP_THRESHOLD", 1 << 20),
+    "mask PNG with libpng's row filters and zlib's default strategy": lambda: mock.patch.object(pictures, "MASK_PNG", [cv2.IMWRITE_PNG_COMPRESSION, 1]),
+}
+# at a short side of half the photos' or less: the JPEG decoded at full size, then resized
+FULL_DECODE = {"full-size decoding": lambda: mock.patch.object(pipeline, "draft_size", lambda *a: None)}
+
+
+def class_map_upsample(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The alternative to upsampling logits: argmax at the model's resolution, the class map resized (nearest)."""
+    return cv2.resize(logits.argmax(0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def upsample_agreement(seg: Segmenter, root: Path) -> dict:
+    """Masks from bilinearly upsampled logits (what predict does) against masks from the upsampled class map,
+    on the peanut val photos: pixel agreement and mIoU against the labels (pooled over the photos)."""
+    split = json.loads((Path(__file__).parents[1] / "weedseg" / "data" / "split_files" / "peanut.json").read_text())
+    photos = [root / "images" / f"{i}.jpg" for i in split["val"]]
+    inter, union, agree = np.zeros((2, 3)), np.zeros((2, 3)), []
+    for photo in photos:
+        rgb, label = read_rgb(photo), read_rgb(root / "labels" / f"{photo.stem}.png")
+        truth = np.zeros(label.shape[:2], np.uint8)
+        for k, colour in enumerate(seg.info.colors):
+            truth[(label == colour).all(-1)] = k
+        logits = run_padded(seg.run, seg.model_input(resize_short_side(rgb, seg.info.input_short_side))[None], 32)[0]
+        masks = [upsample_argmax(logits, *rgb.shape[:2]), class_map_upsample(logits, *rgb.shape[:2])]
+        agree.append(float((masks[0] == masks[1]).mean()))
+        for i, m in enumerate(masks):
+            inter[i] += [((m == k) & (truth == k)).sum() for k in range(3)]
+            union[i] += [((m == k) | (truth == k)).sum() for k in range(3)]
+    miou = (inter / union).mean(1)
+    return {"photos": len(photos), "agreement": float(np.mean(agree)), "miou_logits": float(miou[0]),
+            "miou_class_map": float(miou[1])}
+
+
+def pipeline_cost(args: argparse.Namespace) -> dict:
+    """predict (masks only) against the bare session, on 1 and 2 cores, with each speed-up turned back in turn."""
+    model = resolve_model_path(args.model)
+    photos = sorted((find_dataset_root("peanut", args.data_root) / "images").glob("*.jpg"))[: args.pipeline_images]
+    tmp = Path(tempfile.mkdtemp(prefix="weedseg-bench-"))
+    folder = tmp / "photos"
+    folder.mkdir()
+    for p in photos:
+        (folder / p.name).symlink_to(p.resolve())
+    allowed = sorted(os.sched_getaffinity(0))
+    results: dict = {"model": str(model), "images": len(photos), "runs": args.runs, "cpu": engines.cpu_name(),
+                     "load_before": os.getloadavg()[0], "onnxruntime": ort.__version__, "cores": {}}
+    for cores in (1, 2)[: len(allowed)]:
+        os.sched_setaffinity(0, allowed[:cores])
+        cv2.setNumThreads(cores)
+        bare = Segmenter(model, device="cpu", threads=cores, engine="onnxruntime")
+        piped = Segmenter(model, device="cpu", threads=cores, spin=False, engine="onnxruntime")  # as predict runs it
+        with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, XDG_CACHE_HOME=cache):
+            auto = Segmenter(model, device="cpu", threads=cores, spin=False)  # the default engine: auto
+        short = bare.info.input_short_side
+        prepared = [pad_to_multiple(bare.model_input(resize_short_side(read_rgb(p), short)), 32) for p in photos]
+        batches = [np.stack(prepared[i : i + args.batch_size]) for i in range(0, len(prepared), args.batch_size)]
+        options = PredictOptions(batch_size=args.batch_size, outputs=("mask",), overwrite=True)
+        small = replace(options, short_side=240)  # under half the photos' 720: decoded at reduced size
+
+        def predict(seg: Segmenter, *turned_back: str, opts: PredictOptions = options):
+            def run(_: object) -> None:
+                with contextlib.ExitStack() as stack:
+                    for name in turned_back:
+                        stack.enter_context({**TURNED_BACK, **FULL_DECODE}[name]())
+                    predict_path(folder, tmp / "out", seg, opts, progress=False)
+            return run
+
+        def bare_session(_: object) -> None:
+            for b in batches:
+                bare.run(b)
+
+        timed = {"bare session ORT FP32": bare_session, "predict": predict(piped),
+                 **{f"predict, {name} (as before)": predict(piped, name) for name in TURNED_BACK},
+                 "predict, all three as before": predict(piped, *TURNED_BACK),
+                 f"predict --engine auto ({auto.engine.name} {auto.engine.precision})": predict(auto),
+                 "predict --short-side 240 (not against the bare session)": predict(piped, opts=small),
+                 "predict --short-side 240, full-size decoding (as before)": predict(piped, "full-size decoding",
+                                                                                    opts=small)}
+        for fn in timed.values():  # warm-up
+            fn(None)
+        rates, cpu_rates = {k: [] for k in timed}, {k: [] for k in timed}
+        for _ in range(args.runs):  # in turns; CPU time of all threads: on one core, what a quiet core would give
+            for name, fn in timed.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                fn(None)
+                rates[name].append(len(photos) / (time.perf_counter() - wall))
+                cpu_rates[name].append(len(photos) / (time.process_time() - cpu))
+        results["cores"][cores] = {k: {"runs": v, "median": statistics.median(v), "cpu_runs": cpu_rates[k],
+                                       "cpu_median": statistics.median(cpu_rates[k])} for k, v in rates.items()}
+    os.sched_setaffinity(0, allowed)
+    results["upsampling"] = upsample_agreement(bare, find_dataset_root("peanut", args.data_root))
+    results["load_after"] = os.getloadavg()[0]
+    print(f"{len(photos)} peanut photos, model {model.name}, batch {args.batch_size}, --outputs mask, median of "
+          f"{args.runs} runs taken in turns; CPU {results['cpu']}; load {results['load_before']:.2f} before, "
+          f"{results['load_after']:.2f} after\n")
+    print("| cores | run | images/s (wall) | / bare session | images per CPU-second | / bare session |")
+    print("|---|---|---|---|---|---|")
+    for cores, timed in results["cores"].items():
+        base, cpu_base = (timed["bare session ORT FP32"][k] for k in ("median", "cpu_median"))
+        for name, r in timed.items():
+            share = (f"{100 * r['median'] / base:.0f} %", f"{100 * r['cpu_median'] / cpu_base:.0f} %") \
+                if "short-side" not in name else ("-", "-")
+            print(f"| {cores} | {name} | {r['median']:.2f} | {share[0]} | {r['cpu_median']:.2f} | {share[1]} |")
+    up = results["upsampling"]
+    print(f"\nclass map upsampled instead of logits, {up['photos']} peanut val photos: masks agree on "
+          f"{100 * up['agreement']:.2f} % of pixels; mIoU {100 * up['miou_logits']:.2f} (logits) vs "
+          f"{100 * up['miou_class_map']:.2f} (class map)")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/peanut-cpu/best.pt")
@@ -109,7 +241,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=4, help="pipeline and bare-session batch size")
     parser.add_argument("--threads", type=int, default=cpu_count())
     parser.add_argument("--json", default="benchmarks/inference.json")
+    parser.add_argument("--pipeline-cost", action="store_true",
+                        help="measure predict's own cost on 1 and 2 cores instead (see above)")
+    parser.add_argument("--model", help="with --pipeline-cost: the ONNX model (default: the shipped one)")
     args = parser.parse_args()
+    if args.pipeline_cost:
+        results = pipeline_cost(args)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
 
     torch.set_num_threads(args.threads)
     data = open_dataset("peanut", args.data_root)

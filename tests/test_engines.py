@@ -22,7 +22,7 @@ from weedseg.infer.tiling import run_padded
 @pytest.fixture(scope="module")
 def peanut_batch(peanut_root) -> np.ndarray:
     """Two real test photos at the shipped model's resolution, as one batch."""
-    seg = Segmenter(DEFAULT_MODEL, device="cpu", threads=1)
+    seg = Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="onnxruntime")
     images = sorted((peanut_root / "images").glob("*.jpg"))[:2]
     return np.stack([seg.model_input(resize_short_side(read_rgb(p), seg.info.input_short_side)) for p in images])
 
@@ -35,7 +35,7 @@ def masks(seg: Segmenter, batch: np.ndarray) -> np.ndarray:
                                                      (DEFAULT_MODEL.with_name("weedseg-peanut-default.int8.onnx"), 0.97)])
 def test_openvino_masks_agree_with_onnxruntime_fp32(peanut_batch, model, least_agreement):
     pytest.importorskip("openvino")
-    reference = masks(Segmenter(DEFAULT_MODEL, device="cpu", threads=1), peanut_batch)
+    reference = masks(Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="onnxruntime"), peanut_batch)
     seg = Segmenter(model, device="cpu", threads=1, engine="openvino")
     assert seg.engine.name == "openvino" and seg.info.classes == ["soil", "crop", "weed"]
     assert seg.engine.precision == ("int8" if "int8" in model.name else seg.engine.precision)
@@ -48,14 +48,16 @@ def test_auto_times_the_engines_once_and_remembers(tmp_path, monkeypatch):
     first = Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="auto")
     choices = json.loads((tmp_path / "weedseg" / "engines.json").read_text())
     (choice,) = choices.values()
-    assert set(choice["images_per_s"]) == {"onnxruntime", "openvino"}
-    assert first.engine.name == choice["engine"] == max(choice["images_per_s"], key=choice["images_per_s"].get)
+    assert set(choice["images_per_s"]) == {"onnxruntime", "openvino", "onnxruntime int8", "openvino int8"}
+    assert choice["engine"] == max(choice["images_per_s"], key=choice["images_per_s"].get)
+    assert f"{first.engine.name}{' int8' if first.engine.precision == 'int8' else ''}" == choice["engine"]
+    assert first.path.name.endswith(".int8.onnx") == choice["engine"].endswith(" int8")
 
     def no_timing(*_):
         raise AssertionError("timed again")
 
     monkeypatch.setattr(engines, "images_per_second", no_timing)
-    assert Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="auto").engine.name == choice["engine"]
+    assert Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="auto").engine.name == choice["engine"].split()[0]
 
 
 @pytest.mark.parametrize("step", ["read_model", "compile_model", "run"])
@@ -131,3 +133,24 @@ def test_unusable_models_fail_before_any_timing(tmp_path, monkeypatch, engine):
 def test_the_python_api_and_the_cli_default_to_the_same_engine():
     cli_default = build_parser(["predict"]).parse_args(["predict", "x.jpg", "--out", "o"]).engine
     assert inspect.signature(Segmenter).parameters["engine"].default == cli_default == engines.DEFAULT_ENGINE
+
+
+def test_auto_considers_the_int8_version_of_the_shipped_model_only(tmp_path, monkeypatch):
+    """Another model's `.int8.onnx` may come from another checkpoint: auto runs the file it is given."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "m.onnx").write_bytes(DEFAULT_MODEL.read_bytes())
+    (tmp_path / "m.int8.onnx").write_bytes(DEFAULT_MODEL.with_name("weedseg-peanut-default.int8.onnx").read_bytes())
+    seg = Segmenter(tmp_path / "m.onnx", device="cpu", threads=1, engine="auto")
+    assert seg.path == tmp_path / "m.onnx" and seg.engine.precision != "int8"
+    if (tmp_path / "weedseg" / "engines.json").is_file():  # timed: OpenVINO is installed
+        (choice,) = json.loads((tmp_path / "weedseg" / "engines.json").read_text()).values()
+        assert set(choice["images_per_s"]) == {"onnxruntime", "openvino"}
+
+
+def test_model_input_is_the_training_normalisation():
+    seg = Segmenter(DEFAULT_MODEL, device="cpu", threads=1, engine="onnxruntime")
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8)
+    expected = ((rgb / 255.0 - np.asarray(seg.info.mean)) / np.asarray(seg.info.std)).transpose(2, 0, 1)
+    x = seg.model_input(rgb)
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    np.testing.assert_allclose(x, expected, atol=1e-5)

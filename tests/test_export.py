@@ -47,7 +47,7 @@ def test_onnx_matches_torch_at_any_size_and_batch(exported, trained_run, shape):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x).numpy()
-    got = Segmenter(exported[0], device="cpu").run(x.numpy())
+    got = Segmenter(exported[0], device="cpu", engine="onnxruntime").run(x.numpy())
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() < 1e-3
     assert (got.argmax(1) == ref.argmax(1)).mean() > 0.999
@@ -64,7 +64,7 @@ def test_metadata_round_trip(exported, trained_run):
     assert ModelInfo.from_props(props, "x") == info
     int8 = read_model_info(str(exported[0].with_name("model.int8.onnx")))
     assert int8.precision == "int8" and int8.classes == info.classes
-    seg = Segmenter(exported[0].with_name("model.int8.onnx"), device="cpu")
+    seg = Segmenter(exported[0].with_name("model.int8.onnx"), device="cpu", engine="onnxruntime")
     assert seg.provider == "CPUExecutionProvider"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, TiffImagePlugin, TiffTags
+from PIL import Image, JpegImagePlugin, TiffImagePlugin, TiffTags
 
 from weedseg import WeedsegError
 from weedseg.cli import main
@@ -493,3 +493,23 @@ def test_kill_9_mid_run_then_a_rerun_predicts_only_the_rest(tmp_path, field_imag
     rows = read_summary(out)
     assert {n for n, r in rows.items() if r["status"] == "done before"} == finished
     assert len(rows) == 40 and all(read_mask(out / r["mask"]).shape == (240, 320) for r in rows.values())
+
+
+def test_a_jpeg_seen_at_half_size_or_less_is_decoded_reduced_unless_drawn_on(tmp_path, field_image, monkeypatch):
+    opened = []
+    big = cv2.resize(field_image, (1280, 960))
+    Image.fromarray(big).save(tmp_path / "a.jpg", quality=92)
+    seg = FakeSegmenter(tmp_path, short_side=240)
+    job = plan_jobs([tmp_path / "a.jpg"], tmp_path, tmp_path / "out", "jpg")[0]
+    reduced = Predictor(seg, PredictOptions(outputs=("mask",))).prepare(job)
+    full = Predictor(seg, PredictOptions()).prepare(job)  # the overlay is drawn on the full photo
+    assert reduced.rgb is None and full.rgb.shape == (960, 1280, 3)
+    assert reduced.size == full.size == (960, 1280) and reduced.x.shape == full.x.shape == (3, 240, 320)
+    assert np.abs(reduced.x - full.x).mean() < 0.02  # DCT scaling by 1/4, against an area resize alone
+    with monkeypatch.context() as m:
+        real = JpegImagePlugin.JpegImageFile.draft
+        m.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda im, mode, size: opened.append(size) or real(im, mode, size))
+        Predictor(seg, PredictOptions(outputs=("mask",))).prepare(job)
+    assert opened == [(320, 240)]
+    summary = predict_path(tmp_path / "a.jpg", tmp_path / "out", seg, PredictOptions(outputs=("mask",)), progress=False)
+    assert summary.rows[0]["status"] == "predicted" and read_mask(tmp_path / "out" / "a.mask.png").shape == (960, 1280)

@@ -6,6 +6,7 @@ import ctypes
 import threading
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 4 << 20
 
 
 class MemoryBudget:
@@ -44,14 +45,17 @@ class MemoryBudget:
 
 
 def return_freed_memory() -> None:
-    """Make glibc give freed blocks of 1 MiB and more back to the system at once (a fixed mmap threshold).
+    """Make glibc give freed blocks of MMAP_THRESHOLD and more back to the system at once (a fixed mmap threshold).
 
     By default glibc raises its mmap threshold up to 32 MiB as blocks are freed, so blocks below it (Pillow
     decodes images into 16 MiB blocks) stay in the heap of whichever thread freed them: with several reader
-    and writer threads the process kept about twice the memory it was using. No-op where libc is not glibc.
+    and writer threads the process kept about twice the memory it was using. Smaller blocks (a photo's model
+    input at 640 x 480 is 3.7 MB) stay in the heap and are reused: at 1 MiB every one of them was mapped and
+    its pages faulted in anew, which cost a quarter of predict's speed on one core (docs/inference.md).
+    No-op where libc is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass

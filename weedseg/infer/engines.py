@@ -2,8 +2,9 @@
 (`pip install 'weedseg[openvino]'`).
 
 `auto` takes CUDA through ONNX Runtime when it sees a GPU; on the CPU it times every installed
-engine on the model once (a few passes at the model's resolution), keeps the faster one and
-remembers the choice per model file, CPU and thread count in ~/.cache/weedseg/engines.json. OpenVINO
+engine on the model once (a few passes at the model's resolution; for the shipped model, on its
+INT8 version too), keeps the fastest and remembers the choice per model file, CPU and thread count
+in ~/.cache/weedseg/engines.json. OpenVINO
 runs an FP32 model with a bf16 inference precision hint on CPUs that have native bf16 (AVX-512 BF16
 or AMX), FP32 elsewhere, and a QDQ model (`weedseg export --int8`) in INT8.
 """
@@ -259,29 +260,53 @@ def open_engine(path: Path, engine: str = "auto", device: str = "auto", threads:
     return OnnxRuntimeEngine(path, device, threads, spin)
 
 
-def choose_faster(path: Path, ort_engine: Engine, threads: int) -> Engine:
-    """`--engine auto` for a checked model: ONNX Runtime on a GPU or without OpenVINO, else the engine
-    remembered for this model, CPU and thread count, else the faster of the two, timed now. A model OpenVINO
-    cannot read, compile or run stays with ONNX Runtime, with a one-line warning."""
-    if ort_engine.provider != "CPUExecutionProvider" or not openvino_available():
-        return ort_engine
-    key = choice_key(path, threads)
-    if remembered(key) == "onnxruntime":
-        return ort_engine
+def choose_faster(path: Path, ort_engine: Engine, threads: int, int8: Path | None = None,
+                  spin: bool = True) -> tuple[Engine, Path]:
+    """`--engine auto` for a checked model: ONNX Runtime on a GPU, else the fastest of ONNX Runtime and (where
+    installed) OpenVINO on `path` and, when given, on its INT8 version `int8` (the shipped model's), remembered
+    for this model, CPU and thread count, else timed now. Returns the engine and the model file it runs. A model
+    OpenVINO cannot read, compile or run stays with ONNX Runtime, with a one-line warning."""
+    if ort_engine.provider != "CPUExecutionProvider":
+        return ort_engine, path
+    files = {"": path, **({" int8": int8} if int8 is not None else {})}
+    names = [f"{engine}{kind}" for kind in files for engine in
+             ("onnxruntime", *(("openvino",) if openvino_available() else ()))]
+    if names == ["onnxruntime"]:
+        return ort_engine, path
+    key = choice_key(path, threads) + ("|int8 considered" if int8 is not None else "")
+    chosen = remembered(key)
+    if chosen == "onnxruntime" or chosen not in (None, *names):
+        return ort_engine, path
+
+    def build(name: str) -> Engine:
+        engine, _, kind = name.partition(" ")
+        model = files[f" {kind}" if kind else ""]
+        if name == "onnxruntime":
+            return ort_engine
+        return OpenVinoEngine(model, threads) if engine == "openvino" else OnnxRuntimeEngine(model, "cpu", threads, spin)
+
+    def file_of(name: str) -> Path:
+        return files[" int8" if name.endswith(" int8") else ""]
+
+    if chosen is not None:
+        try:
+            return build(chosen), file_of(chosen)
+        except Exception:  # noqa: BLE001 - timed again below, where a failure is explained
+            pass
     batch = probe_batch(ort_engine.metadata)
-    try:
-        ov_engine = OpenVinoEngine(path, threads)
-        if remembered(key) == "openvino":
-            return ov_engine
-        ov_rate = images_per_second(ov_engine, batch)
-    except Exception as exc:  # noqa: BLE001 - OpenVINO is optional: whatever stops it leaves ONNX Runtime
-        reason = str(exc) if isinstance(exc, WeedsegError) else f"{type(exc).__name__}: {exc}"
-        log.warning("engine auto: OpenVINO cannot run this model, so onnxruntime runs it (%s)",
+    rates, built, failed = {}, {}, {}
+    for name in names:
+        try:
+            built[name] = build(name)
+            rates[name] = images_per_second(built[name], batch)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO and the INT8 model are optional: ONNX Runtime remains
+            reason = str(exc) if isinstance(exc, WeedsegError) else f"{type(exc).__name__}: {exc}"
+            failed.setdefault("OpenVINO" if name.startswith("openvino") else "ONNX Runtime (INT8)", reason)
+    for runtime, reason in failed.items():
+        log.warning("engine auto: %s cannot run this model, so onnxruntime runs it (%s)", runtime,
                     reason.strip().splitlines()[0][:300])
-        return ort_engine
-    rates = {"onnxruntime": images_per_second(ort_engine, batch), "openvino": ov_rate}
     best = max(rates, key=rates.get)
     log.info("engine auto: %s (images/s at %dx%d, %d threads: %s); remembered in %s", best, batch.shape[3],
              batch.shape[2], threads, ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), cache_file())
     remember(key, best, rates)
-    return ov_engine if best == "openvino" else ort_engine
+    return built[best], file_of(best)

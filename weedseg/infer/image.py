@@ -196,7 +196,7 @@ class SegmentedImage:
         """What `weedseg predict` writes for the image: class mask PNG, overlay JPG (every class but `background`
         tinted, see pictures.overlay), weed grid CSV and spray map."""
         picture = pictures.overlay(self.rgb, self.mask, colors, alpha, background=background)
-        files = {f"{self.stem}.mask.png": pictures.encode_image(self.mask, ".png"),
+        files = {f"{self.stem}.mask.png": pictures.encode_mask(self.mask),
                  f"{self.stem}.overlay.jpg": pictures.encode_image(picture, ".jpg"),
                  f"{self.stem}.grid.csv": tables.grid_csv(self.cells, self.plan.spray if self.plan else None)}
         if self.plan:

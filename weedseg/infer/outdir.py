@@ -186,7 +186,10 @@ class RunJournal:
 
     def add(self, name: str, photo: Path, row: dict, settings: dict) -> None:
         """Record image `name` finished (after its outputs are written) with its summary row."""
-        entry = {"image": name, **photo_stamp(photo), "settings": settings, "row": row}
+        try:
+            entry = {"image": name, **photo_stamp(photo), "settings": settings, "row": row}
+        except OSError:  # the photo is gone since it was read: nothing to resume from
+            return
         with self._lock:
             self.entries[name] = entry
             self._file.write(self.line(entry))

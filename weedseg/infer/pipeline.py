@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -36,12 +37,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from .. import WeedsegError, familiarity
 from ..data.io import DECODE_PIXEL_BYTES, MAX_IMAGE_PIXELS, image_size, open_checked, rgb_pixels, scan_images
-from ..data.transforms import resize_short_side
+from ..data.transforms import resize_short_side, short_side_size
 from . import atomic, pictures, tables
 from .budget import MemoryBudget, return_freed_memory
 from .field_map import OrthoRoute
@@ -69,6 +72,7 @@ log = logging.getLogger(__name__)
 # the tile size).
 IN_FLIGHT_BYTES = 840_000_000  # seven 12-megapixel photos at once (four when decoding took 14 bytes a pixel)
 IMAGE_PIXEL_BYTES = max(DECODE_PIXEL_BYTES, 3 + 1 + 3 + 3)
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 def model_pixel_bytes(classes: int) -> int:
@@ -175,11 +179,25 @@ class Prepared:
     """A decoded image and the model input made from it."""
 
     job: Job
-    rgb: np.ndarray
+    rgb: np.ndarray | None  # the photo where an output is drawn on it (else dropped once the model input is made)
+    size: tuple[int, int]  # the photo's full (height, width): the mask's
     x: np.ndarray  # normalised (3, h, w) at the model's resolution
     geo: GeoTags | None
     ground: Ground
     fields: dict = field(default_factory=dict)  # summary fields from Predictor.model_fields
+
+
+def draft_size(width: int, height: int, short_side: int) -> tuple[int, int] | None:
+    """The size to ask a JPEG decoder for (DCT scaling by 1/2, 1/4 or 1/8, at least this size) when the model
+    sees the photo at half its size or less; None otherwise (0: native resolution)."""
+    scale = short_side / min(width, height) if short_side else 1.0
+    return (math.ceil(width * scale), math.ceil(height * scale)) if scale <= 0.5 else None
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(height, width) of an opened image once its EXIF orientation is applied (from the header)."""
+    width, height = im.size
+    return (width, height) if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else (height, width)
 
 
 @dataclass
@@ -294,6 +312,7 @@ class Predictor:
             log.warning("the model's classes (%s) name no soil, background or ground class: overlays tint every "
                         "class and every class gets an area", ", ".join(seg.info.classes))
         self.settings = options.row_settings()
+        self.needs_photo = any(IMAGE_OUTPUTS[k].needs_photo for k in options.outputs if k in IMAGE_OUTPUTS)
         self.routes: list[Route] = [OrthoRoute(seg, options)]
         self.model_fields: list[ModelFields] = []
         self.extra_columns: tuple[str, ...] = familiarity.COLUMNS  # summary.csv columns beyond the mask's
@@ -340,15 +359,23 @@ class Predictor:
     # --- stage 2: reader threads
     def prepare(self, job: Job) -> Prepared:
         """Decode an image and make its model input; the file is opened once, its header giving the GeoTIFF tags
-        and ground units too."""
+        and ground units too. A JPEG the model sees at half its size or less is decoded at reduced size (DCT
+        scaling) unless an output is drawn on the photo."""
         with open_checked(job.path) as im:
             geo = geo_tags(im) if job.mask.suffix == ".tif" else None
             ground = ground_of(im, self.opt.ground)
+            height, width = oriented_size(im)
+            reduced = draft_size(*im.size, self.short_side) if not self.needs_photo else None
+            if reduced:
+                im.draft("RGB", reduced)
             rgb = rgb_pixels(im)
-        small = resize_short_side(rgb, self.short_side)
-        check_model_pixels(small.shape[1], small.shape[0], self.short_side, name=str(job.path))  # again, as resized
+        check_model_pixels(width, height, self.short_side, name=str(job.path))  # again, with EXIF orientation
+        size = short_side_size(width, height, self.short_side)  # from the full size, as without reduction
+        small = resize_short_side(rgb, self.short_side) if not reduced else \
+            rgb if rgb.shape[1::-1] == size else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         x = self.seg.model_input(small)
-        return Prepared(job, rgb, x, geo, self.note_ground(job, ground, rgb.shape[:2]))
+        return Prepared(job, rgb if self.needs_photo else None, (height, width), x, geo,
+                        self.note_ground(job, ground, (height, width)))
 
     # --- stage 3: the main thread
     def fits_whole(self, item: Prepared) -> bool:
@@ -375,7 +402,7 @@ class Predictor:
         def run(b: np.ndarray) -> np.ndarray:
             return self.seg.run(b, features)
 
-        if (h, w) != item.rgb.shape[:2]:  # upsampled later, in a writer thread
+        if (h, w) != item.size:  # upsampled later, in a writer thread
             result = predict_logits(item.x, run, o.tile, o.overlap, o.batch_size, m), None
         else:
             result = None, predict_mask(item.x, run, h, w, o.tile, o.overlap, o.batch_size, m)
@@ -386,7 +413,7 @@ class Predictor:
     def finish(self, item: Prepared, logits: np.ndarray | None, mask: np.ndarray | None) -> dict:
         """Write a predicted image's outputs, its mask last; returns its summary fields."""
         if mask is None:
-            mask = upsample_argmax(logits, *item.rgb.shape[:2])
+            mask = upsample_argmax(logits, *item.size)
         result = self.summarize(item.job, mask, item.ground, item.rgb)
         self.write(result, [k for k in self.opt.outputs if k in IMAGE_OUTPUTS])
         data = geotiff_bytes(mask, item.geo) if item.geo else pictures.encode_mask(mask)
