@@ -197,7 +197,7 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, data: LabelledData, sp
         familiarity = (refit_exported(quantized, data, info.familiarity, info.mean, info.std)
                        if info.familiarity else None)
         if familiarity:
-            print(f"INT8 model {describe_fit(familiarity)}")
+            print(f"{describe_fit(familiarity)}; refitted on the INT8 model's own features")
         int8 = ModelInfo(**{**info.__dict__, "precision": "int8", "familiarity": familiarity})
         save_with_metadata(quantized, out, int8)
     return int8
