@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -423,7 +424,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                         "GSD where its card has one, else its photo-to-input ratio)")
     r = p.add_argument_group("on a Ray cluster (docs/cluster.md; pip install 'weedseg[cluster]')")
     r.add_argument("--ray", metavar="ADDRESS", help="spread the images over a Ray cluster: auto (the cluster this "
-                   "machine belongs to), local (a Ray instance of this machine's own) or HOST:6379; input and --out "
+                   "computer belongs to), local (a Ray instance of its own on this computer) or HOST:6379; input and --out "
                    "must be on storage every node mounts at the same path")
     r.add_argument("--ray-cpus", type=int_in(1), default=1, metavar="N",
                    help="CPUs per Ray worker: one worker, with one model session, per N CPUs of the cluster")
@@ -431,8 +432,6 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import logging
-
     from .infer.geo import GroundOptions
     from .infer.ortho import OrthoOptions
     from .infer.pipeline import PredictOptions, predict_path
@@ -657,8 +656,10 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def add_dataset_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dataset", help="check a labelled dataset before training",
-                       description="Tools for labelled datasets. `weedseg dataset check` validates one before training.")
+    p = sub.add_parser("dataset", help="import a labelling tool's export as a dataset, or check one before training",
+                       description="Tools for labelled datasets. `weedseg dataset import` turns a CVAT, Label Studio "
+                                   "or COCO export into a folder dataset; `weedseg dataset check` validates one "
+                                   "before training.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = actions.add_parser("check", help="validate a dataset and summarise it (exit status 1 when it has problems)",
                            description="Validate a labelled dataset before training: image and mask pairing and "
@@ -745,8 +746,6 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_suggest(args: argparse.Namespace) -> int:
-    import logging
-
     from .infer.session import Segmenter, resolve_model_path
     from .suggest import suggest
 
@@ -758,8 +757,6 @@ def run_suggest(args: argparse.Namespace) -> int:
 
 
 def run_dataset_import(args: argparse.Namespace) -> int:
-    import logging
-
     from .labels import import_labels
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
