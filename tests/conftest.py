@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,12 @@ pytest_plugins = ["train_fixtures"] if importlib.util.find_spec("torch") else []
 # (pytest -m "not slow") skips them.
 SLOW_FIXTURES = {"trained_run"}
 SLOW_MODULES = {"test_app_browser.py"}
-# A Ray driver leaves Ray's native signal handlers and threads in the pytest process after ray.shutdown(); a
-# test that later sends SIGTERM to the pytest process itself (test_experiment, test_gpu_run) could then crash it
-# (a segfault, seen about one run in two). The tests that start Ray in-process run last.
+# A Ray driver leaves Ray's native threads in the pytest process after ray.shutdown(): the tests that start Ray
+# in-process run last.
 LAST_MODULES = {"test_cluster.py"}
+# Tests marked own_process send signals to their own process; after OpenVINO's tests had run in the same pytest
+# process, that crashed it with SIGSEGV (no Python traceback). They run in a fresh pytest process of their own.
+OWN_PROCESS = "WEEDSEG_TEST_OWN_PROCESS"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,6 +34,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.path.name in LAST_MODULES)  # stable: the order is otherwise kept
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """A test marked own_process runs in a fresh pytest process; its result is that process's."""
+    if pyfuncitem.get_closest_marker("own_process") is None or os.environ.get(OWN_PROCESS) == pyfuncitem.nodeid:
+        return None
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+                          cwd=pyfuncitem.config.rootpath, env={**os.environ, OWN_PROCESS: pyfuncitem.nodeid},
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"in its own process (exit {done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
+    return True
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -138,6 +138,7 @@ def test_missing_dataset_and_ctrl_c_are_clear_errors(tmp_path, capsys, monkeypat
     assert code == 2 and "interrupted; finished runs are kept" in capsys.readouterr().err
 
 
+@pytest.mark.own_process
 def test_sigterm_stops_running_jobs_at_once_even_when_started_in_the_background(tmp_path):
     """Started with `&` or nohup, the experiment has SIGINT ignored and its runs inherited that: the Ctrl-C it
     sends them to stop did nothing (each was killed after 60 s), and SIGTERM ended it and left them running."""

@@ -204,6 +204,7 @@ def sigterm_when_running(gpu_run, count: int) -> None:
     threading.Thread(target=send, daemon=True).start()
 
 
+@pytest.mark.own_process
 def test_an_interrupt_stops_the_stage_running_in_the_main_thread(tmp_path):
     gpu_run = load_gpu_run()
     start = time.monotonic()
@@ -218,6 +219,7 @@ def test_an_interrupt_stops_the_stage_running_in_the_main_thread(tmp_path):
     assert time.monotonic() - start < 15 and group_gone(tmp_path / "sleeper.log")
 
 
+@pytest.mark.own_process
 def test_sigterm_stops_the_stages_of_both_lanes_and_the_summary_is_written(tmp_path, field_data, monkeypatch):
     gpu_run = load_gpu_run()
     lanes = [[sleeper(gpu_run, "sleeper-a"), gpu_run.Stage("after-a", ["true"], 10.0)], [sleeper(gpu_run, "sleeper-b")]]
