@@ -17,6 +17,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -269,35 +270,30 @@ def choose_faster(path: Path, ort_engine: Engine, threads: int, int8: Path | Non
     if ort_engine.provider != "CPUExecutionProvider":
         return ort_engine, path
     files = {"": path, **({" int8": int8} if int8 is not None else {})}
-    names = [f"{engine}{kind}" for kind in files for engine in
-             ("onnxruntime", *(("openvino",) if openvino_available() else ()))]
+    # every candidate by the name it is remembered under: the model file it runs and how to open it
+    candidates: dict[str, tuple[Path, Callable[[], Engine]]] = {}
+    for kind, model in files.items():
+        candidates[f"onnxruntime{kind}"] = (model, (lambda: ort_engine) if model == path else
+                                            (lambda m=model: OnnxRuntimeEngine(m, "cpu", threads, spin)))
+        if openvino_available():
+            candidates[f"openvino{kind}"] = (model, lambda m=model: OpenVinoEngine(m, threads))
+    names = list(candidates)
     if names == ["onnxruntime"]:
         return ort_engine, path
     key = choice_key(path, threads) + ("|int8 considered" if int8 is not None else "")
     chosen = remembered(key)
     if chosen == "onnxruntime" or chosen not in (None, *names):
         return ort_engine, path
-
-    def build(name: str) -> Engine:
-        engine, _, kind = name.partition(" ")
-        model = files[f" {kind}" if kind else ""]
-        if name == "onnxruntime":
-            return ort_engine
-        return OpenVinoEngine(model, threads) if engine == "openvino" else OnnxRuntimeEngine(model, "cpu", threads, spin)
-
-    def file_of(name: str) -> Path:
-        return files[" int8" if name.endswith(" int8") else ""]
-
     if chosen is not None:
         try:
-            return build(chosen), file_of(chosen)
+            return candidates[chosen][1](), candidates[chosen][0]
         except Exception:  # noqa: BLE001 - timed again below, where a failure is explained
             pass
     batch = probe_batch(ort_engine.metadata)
     rates, built, failed = {}, {}, {}
     for name in names:
         try:
-            built[name] = build(name)
+            built[name] = candidates[name][1]()
             rates[name] = images_per_second(built[name], batch)
         except Exception as exc:  # noqa: BLE001 - OpenVINO and the INT8 model are optional: ONNX Runtime remains
             reason = str(exc) if isinstance(exc, WeedsegError) else f"{type(exc).__name__}: {exc}"
@@ -309,4 +305,4 @@ def choose_faster(path: Path, ort_engine: Engine, threads: int, int8: Path | Non
     log.info("engine auto: %s (images/s at %dx%d, %d threads: %s); remembered in %s", best, batch.shape[3],
              batch.shape[2], threads, ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), cache_file())
     remember(key, best, rates)
-    return built[best], file_of(best)
+    return built[best], candidates[best][0]
