@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import WeedsegError
-from .data.io import find_images, read_rgb
+from .data.io import find_images, printable, read_rgb
 from .data.transforms import resize_short_side
 from .infer.image import csv_bytes
 from .infer.atomic import atomic_write
@@ -134,13 +134,8 @@ def suggest(seg: Segmenter, photos: str | Path, n: int, out: str | Path,
     rows = []
     for i in order:
         d = distance.get(i)
-        rows.append({"rank": rank.get(i, ""), "photo": printable(scores[i].path),
+        rows.append({"rank": rank.get(i, ""), "photo": printable(str(scores[i].path)),
                      "uncertainty": f"{scores[i].uncertainty:.5f}", "entropy": f"{scores[i].entropy:.5f}",
                      "distance": "" if d is None or not np.isfinite(d) else f"{d:.4f}"})
     atomic_write(table, csv_bytes(rows, SCORE_COLUMNS))
     return [scores[i].path for i, _ in chosen]
-
-
-def printable(path: Path) -> str:
-    """`path` as text that always encodes (bytes that are not UTF-8 become U+FFFD)."""
-    return os.fsencode(path).decode("utf-8", "replace")
